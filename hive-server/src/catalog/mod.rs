@@ -1,0 +1,237 @@
+//! The worker catalog: worker binaries installed in one directory on disk.
+//!
+//! An entry is either a file placed directly in the catalog directory (`cp my-worker
+//! ~/.cache/rbee/workers/`), a symbolic link placed there, or a folder named after the entry
+//! that holds the binary and an optional `manifest.json`. Names starting with `.` are never
+//! entries: the hive uses them for its own temporary work.
+
+mod entry;
+mod name;
+
+use std::{
+    collections::HashMap,
+    io,
+    path::{Component, Path, PathBuf},
+    sync::Mutex,
+};
+
+pub use entry::{Layout, Manifest, WorkerBinary};
+pub use name::{InvalidName, MAX_NAME_BYTES, WorkerName};
+
+use entry::DigestCache;
+
+/// File name of the manifest inside a folder entry.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Prefix of the hidden folders a folder entry is moved to while it is deleted.
+const TRASH_PREFIX: &str = ".rbee-trash-";
+
+/// Errors of catalog operations.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The name is not a valid catalog name.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    /// No entry has that name.
+    #[error("worker binary {name:?} not found in the catalog at {dir}")]
+    NotFound {
+        /// The name looked up.
+        name: String,
+        /// The catalog directory.
+        dir: PathBuf,
+    },
+    /// A folder entry's manifest cannot be used.
+    #[error("invalid manifest {path}: {reason}")]
+    InvalidManifest {
+        /// Path of the manifest.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file system operation failed.
+    #[error("failed to {action} {path}: {source}")]
+    Io {
+        /// What the hive was doing, for example "read" or "remove".
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl CatalogError {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The worker catalog of one hive.
+#[derive(Debug)]
+pub struct Catalog {
+    dir: PathBuf,
+    digests: Mutex<DigestCache>,
+}
+
+impl Catalog {
+    /// Opens the catalog at `dir`, creating the directory if needed.
+    ///
+    /// The path is canonicalized so it compares equal to the executable paths the kernel reports
+    /// in `/proc/PID/exe`. Leftovers of deletions interrupted by a crash are removed.
+    pub fn open(dir: &Path) -> Result<Self, CatalogError> {
+        std::fs::create_dir_all(dir).map_err(|e| CatalogError::io("create", dir, e))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| CatalogError::io("resolve", dir, e))?;
+        let catalog = Self {
+            dir,
+            digests: Mutex::new(HashMap::new()),
+        };
+        catalog.remove_leftover_trash();
+        Ok(catalog)
+    }
+
+    /// Returns the canonical catalog directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Lists every entry, sorted by name. Entries that cannot be read are skipped and logged.
+    pub fn list(&self) -> Result<Vec<WorkerBinary>, CatalogError> {
+        let read_dir =
+            std::fs::read_dir(&self.dir).map_err(|e| CatalogError::io("read", &self.dir, e))?;
+
+        let mut binaries = Vec::new();
+        for dir_entry in read_dir {
+            let dir_entry = dir_entry.map_err(|e| CatalogError::io("read", &self.dir, e))?;
+            let Some(name) = dir_entry.file_name().to_str().and_then(valid_name) else {
+                continue;
+            };
+            match self.read_entry(&name) {
+                Ok(Some(binary)) => binaries.push(binary),
+                Ok(None) => {}
+                // Removed between readdir and reading it: it is simply no longer listed.
+                Err(CatalogError::NotFound { .. }) => {}
+                Err(error) => tracing::warn!(%name, %error, "skipping unreadable catalog entry"),
+            }
+        }
+        binaries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(binaries)
+    }
+
+    /// Returns the entry called `name`.
+    pub fn get(&self, name: &WorkerName) -> Result<WorkerBinary, CatalogError> {
+        self.read_entry(name)?.ok_or_else(|| self.not_found(name))
+    }
+
+    /// Removes the entry called `name` and returns it as it was.
+    ///
+    /// A symbolic link is removed, never its target. A folder entry is first renamed to a hidden
+    /// name in one atomic step, so the catalog never lists a half-deleted entry, then removed
+    /// without following any link inside it.
+    pub fn remove(&self, name: &WorkerName) -> Result<WorkerBinary, CatalogError> {
+        let binary = self.get(name)?;
+        let path = self.dir.join(name.as_str());
+
+        match binary.layout {
+            Layout::File | Layout::Symlink => {
+                std::fs::remove_file(&path).map_err(|e| self.map_missing(name, "remove", e))?;
+            }
+            Layout::Directory => {
+                let trash = self.dir.join(format!(
+                    "{TRASH_PREFIX}{name}-{}",
+                    uuid::Uuid::new_v4().simple()
+                ));
+                std::fs::rename(&path, &trash).map_err(|e| self.map_missing(name, "move", e))?;
+                if let Err(error) = std::fs::remove_dir_all(&trash) {
+                    // The entry is already gone from the catalog; the next start retries.
+                    tracing::warn!(path = %trash.display(), %error, "failed to remove deleted entry");
+                }
+            }
+        }
+        self.digests
+            .lock()
+            .expect("digest cache lock poisoned")
+            .remove(&binary.path);
+        tracing::info!(%name, path = %binary.path.display(), "worker binary deleted");
+        Ok(binary)
+    }
+
+    /// Returns the catalog name of the worker binary at `exe`, an executable path as read from
+    /// `/proc/PID/exe`, or `None` when the executable does not live in the catalog.
+    ///
+    /// Only the path counts: a symbolic link in the catalog that points elsewhere does not make
+    /// the processes of its target workers, or every `sleep` on the machine could be one.
+    pub fn worker_name_of(&self, exe: &Path) -> Option<WorkerName> {
+        // The kernel appends " (deleted)" when the file was removed or replaced after exec.
+        let exe = exe
+            .to_str()
+            .and_then(|s| s.strip_suffix(" (deleted)"))
+            .map_or(exe, Path::new);
+        let relative = exe.strip_prefix(&self.dir).ok()?;
+        match relative.components().next()? {
+            Component::Normal(first) => first.to_str().and_then(valid_name),
+            _ => None,
+        }
+    }
+
+    fn read_entry(&self, name: &WorkerName) -> Result<Option<WorkerBinary>, CatalogError> {
+        let path = self.dir.join(name.as_str());
+        let metadata =
+            std::fs::symlink_metadata(&path).map_err(|e| self.map_missing(name, "read", e))?;
+        let file_type = metadata.file_type();
+
+        let mut digests = self.digests.lock().expect("digest cache lock poisoned");
+        if file_type.is_symlink() {
+            entry::read_symlink(name, &path, &mut digests).map(Some)
+        } else if file_type.is_file() {
+            entry::read_file(name, &path, Layout::File, None, &mut digests).map(Some)
+        } else if file_type.is_dir() {
+            entry::read_folder(name, &path, &mut digests)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn remove_leftover_trash(&self) {
+        let Ok(read_dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for dir_entry in read_dir.flatten() {
+            let name = dir_entry.file_name();
+            if name.to_str().is_some_and(|n| n.starts_with(TRASH_PREFIX)) {
+                let path = dir_entry.path();
+                if let Err(error) = std::fs::remove_dir_all(&path) {
+                    tracing::warn!(path = %path.display(), %error, "failed to remove leftover");
+                }
+            }
+        }
+    }
+
+    fn not_found(&self, name: &WorkerName) -> CatalogError {
+        CatalogError::NotFound {
+            name: name.to_string(),
+            dir: self.dir.clone(),
+        }
+    }
+
+    fn map_missing(&self, name: &WorkerName, action: &'static str, e: io::Error) -> CatalogError {
+        if e.kind() == io::ErrorKind::NotFound {
+            self.not_found(name)
+        } else {
+            CatalogError::io(action, self.dir.join(name.as_str()), e)
+        }
+    }
+}
+
+fn valid_name(name: &str) -> Option<WorkerName> {
+    WorkerName::parse(name).ok()
+}
+
+#[cfg(test)]
+mod tests;

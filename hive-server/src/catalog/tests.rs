@@ -1,0 +1,140 @@
+use std::{fs, os::unix::fs::PermissionsExt, path::Path};
+
+use super::*;
+
+fn write_executable(path: &Path, contents: &[u8]) {
+    fs::write(path, contents).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn name(s: &str) -> WorkerName {
+    WorkerName::parse(s).unwrap()
+}
+
+#[test]
+fn lists_files_folders_and_links_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    write_executable(&dir.path().join("plain"), b"#!/bin/sh\nexit 0\n");
+    fs::create_dir(dir.path().join("installed")).unwrap();
+    write_executable(&dir.path().join("installed/bin"), b"#!/bin/sh\n");
+    fs::write(
+        dir.path().join("installed/manifest.json"),
+        r#"{"binary": "bin", "version": "1.2.0", "source": "https://example.invalid/w"}"#,
+    )
+    .unwrap();
+    write_executable(&outside.path().join("target"), b"\x7fELF");
+    std::os::unix::fs::symlink(outside.path().join("target"), dir.path().join("linked")).unwrap();
+    fs::write(dir.path().join(".partial-download"), b"x").unwrap();
+    fs::create_dir(dir.path().join("empty-folder")).unwrap();
+
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let binaries = catalog.list().unwrap();
+    let names: Vec<_> = binaries.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["installed", "linked", "plain"]);
+
+    let installed = &binaries[0];
+    assert_eq!(installed.layout, Layout::Directory);
+    assert_eq!(installed.version.as_deref(), Some("1.2.0"));
+    assert_eq!(installed.path, catalog.dir().join("installed/bin"));
+    assert_eq!(installed.platform, "script");
+
+    let linked = &binaries[1];
+    assert_eq!(linked.layout, Layout::Symlink);
+    assert_eq!(
+        linked.symlink_target.as_deref(),
+        Some(outside.path().join("target").as_path())
+    );
+    assert_eq!(linked.size_bytes, 4);
+
+    let plain = &binaries[2];
+    assert_eq!(plain.layout, Layout::File);
+    assert!(plain.executable);
+    assert_eq!(plain.size_bytes, 17);
+    assert_eq!(
+        plain.sha256,
+        "306c6ca7407560340797866e077e053627ad409277d1b9da58106fce4cf717cb"
+    );
+}
+
+#[test]
+fn removing_a_link_keeps_its_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("precious");
+    write_executable(&target, b"keep me");
+    std::os::unix::fs::symlink(&target, dir.path().join("link")).unwrap();
+
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let removed = catalog.remove(&name("link")).unwrap();
+
+    assert_eq!(removed.layout, Layout::Symlink);
+    assert!(!dir.path().join("link").exists());
+    assert_eq!(fs::read(&target).unwrap(), b"keep me");
+}
+
+#[test]
+fn removing_a_folder_leaves_nothing_behind_and_spares_linked_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let precious = outside.path().join("precious");
+    fs::write(&precious, b"keep me").unwrap();
+    fs::create_dir(dir.path().join("w")).unwrap();
+    write_executable(&dir.path().join("w/w"), b"#!/bin/sh\n");
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("w/escape")).unwrap();
+
+    let catalog = Catalog::open(dir.path()).unwrap();
+    catalog.remove(&name("w")).unwrap();
+
+    let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "catalog still holds {left:?}");
+    assert_eq!(fs::read(&precious).unwrap(), b"keep me");
+}
+
+#[test]
+fn unknown_entry_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let err = catalog.get(&name("nope")).unwrap_err();
+    assert!(matches!(err, CatalogError::NotFound { .. }), "{err:?}");
+    let err = catalog.remove(&name("nope")).unwrap_err();
+    assert!(matches!(err, CatalogError::NotFound { .. }), "{err:?}");
+}
+
+#[test]
+fn manifest_binary_may_not_leave_the_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("w")).unwrap();
+    fs::write(
+        dir.path().join("w/manifest.json"),
+        r#"{"binary": "../other"}"#,
+    )
+    .unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let err = catalog.get(&name("w")).unwrap_err();
+    assert!(
+        matches!(err, CatalogError::InvalidManifest { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn worker_name_of_executable_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let root = catalog.dir();
+
+    assert_eq!(catalog.worker_name_of(&root.join("w")), Some(name("w")));
+    assert_eq!(
+        catalog.worker_name_of(&root.join("f/bin/x")),
+        Some(name("f"))
+    );
+    let deleted = format!("{} (deleted)", root.join("w").display());
+    assert_eq!(catalog.worker_name_of(Path::new(&deleted)), Some(name("w")));
+    assert_eq!(
+        catalog.worker_name_of(&root.join(".rbee-trash-w-1/w")),
+        None
+    );
+    assert_eq!(catalog.worker_name_of(Path::new("/usr/bin/sleep")), None);
+    assert_eq!(catalog.worker_name_of(root), None);
+}

@@ -1,0 +1,109 @@
+//! Errors of hive operations, and the one place where they become gRPC status codes.
+
+use std::io;
+
+use tonic::{Code, Status};
+
+use crate::{
+    catalog::{CatalogError, WorkerName},
+    jobs::JobError,
+    process::ProcessError,
+};
+
+/// Any error a hive operation returns.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A catalog operation failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A process operation failed.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// A job could not be started or found.
+    #[error(transparent)]
+    Job(#[from] JobError),
+    /// A request field is invalid.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A worker binary cannot be deleted while worker processes run it.
+    #[error(
+        "worker binary {name} is in use by worker processes {pids}; \
+         stop them first or delete with force",
+        pids = join_pids(.pids)
+    )]
+    BinaryInUse {
+        /// The binary.
+        name: WorkerName,
+        /// Pids of the worker processes running it.
+        pids: Vec<i32>,
+    },
+    /// Too many requests are running at once.
+    #[error("the hive is busy: {limit} requests are already running; retry shortly")]
+    Overloaded {
+        /// The concurrency limit.
+        limit: usize,
+    },
+    /// Too many narration streams are open at once.
+    #[error("the hive has {limit} narration streams open already; close one or retry later")]
+    TooManyStreams {
+        /// The stream limit.
+        limit: usize,
+    },
+    /// A background task of the hive failed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn join_pids(pids: &[i32]) -> String {
+    let pids: Vec<String> = pids.iter().map(i32::to_string).collect();
+    pids.join(", ")
+}
+
+impl Error {
+    /// Returns the gRPC code for this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Catalog(error) => match error {
+                CatalogError::InvalidName(_) => Code::InvalidArgument,
+                CatalogError::NotFound { .. } => Code::NotFound,
+                CatalogError::InvalidManifest { .. } => Code::FailedPrecondition,
+                CatalogError::Io { source, .. } => io_code(source),
+            },
+            Self::Process(error) => match error {
+                ProcessError::NotFound { .. } => Code::NotFound,
+                ProcessError::PermissionDenied { .. } => Code::PermissionDenied,
+                ProcessError::Unkillable { .. } => Code::DeadlineExceeded,
+                ProcessError::Os { source, .. } => io_code(source),
+            },
+            Self::Job(error) => match error {
+                JobError::InvalidId(_) => Code::InvalidArgument,
+                JobError::AlreadyExists(_) => Code::AlreadyExists,
+                JobError::NotFound(_) => Code::NotFound,
+            },
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::BinaryInUse { .. } => Code::FailedPrecondition,
+            Self::Overloaded { .. } | Self::TooManyStreams { .. } => Code::ResourceExhausted,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+fn io_code(error: &io::Error) -> Code {
+    match error.kind() {
+        io::ErrorKind::NotFound => Code::NotFound,
+        io::ErrorKind::PermissionDenied => Code::PermissionDenied,
+        _ => Code::Internal,
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let code = error.code();
+        if code == Code::Internal {
+            tracing::error!(%error, "request failed");
+        } else {
+            tracing::debug!(%error, ?code, "request rejected");
+        }
+        Status::new(code, error.to_string())
+    }
+}

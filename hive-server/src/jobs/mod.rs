@@ -1,0 +1,294 @@
+//! Jobs and their narration.
+//!
+//! Every operation runs as a job with an id. While it runs, the job records narration events
+//! into a bounded history; subscribers replay the history and then follow new events until the
+//! final one, which carries the outcome. Finished jobs stay for a while so that a subscriber
+//! that arrives late still sees everything.
+
+mod event;
+mod id;
+mod subscribe;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use event::{Event, Level, Outcome, Progress};
+pub use id::{InvalidJobId, JobId};
+pub use subscribe::EventStream;
+
+/// Errors of job bookkeeping.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The job id is malformed.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidJobId),
+    /// A job with this id already exists.
+    #[error("job {0} already exists; use a new job id for each request")]
+    AlreadyExists(JobId),
+    /// No job with this id exists, or it was forgotten after its retention time.
+    #[error("job {0} not found; it never ran here or finished too long ago")]
+    NotFound(JobId),
+}
+
+/// Bounds on what the registry keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct JobLimits {
+    /// Events kept per job; older ones are dropped first.
+    pub max_events_per_job: usize,
+    /// Finished jobs kept at most; the oldest finished jobs are forgotten first.
+    pub max_finished_jobs: usize,
+    /// How long a finished job is kept.
+    pub retention: Duration,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        Self {
+            max_events_per_job: 1024,
+            max_finished_jobs: 1024,
+            retention: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// All jobs of a hive.
+#[derive(Debug)]
+pub struct Jobs {
+    jobs: Mutex<HashMap<JobId, Arc<Job>>>,
+    started: Notify,
+    limits: JobLimits,
+    shutdown: CancellationToken,
+}
+
+impl Jobs {
+    /// Creates an empty registry. Cancelling `shutdown` ends every subscription with a final
+    /// event that says the hive is shutting down.
+    pub fn new(limits: JobLimits, shutdown: CancellationToken) -> Self {
+        Self {
+            jobs: Mutex::new(HashMap::new()),
+            started: Notify::new(),
+            limits,
+            shutdown,
+        }
+    }
+
+    /// Starts a job under `id`, or under a new id when `None`, and records its first event.
+    pub fn start(
+        &self,
+        id: Option<JobId>,
+        action: &'static str,
+        message: String,
+    ) -> Result<Narrator, JobError> {
+        let id = id.unwrap_or_else(JobId::generate);
+        let job = Arc::new(Job::new(id.clone(), self.limits.max_events_per_job));
+        {
+            let mut jobs = self.jobs.lock().expect("job registry lock poisoned");
+            self.forget_expired(&mut jobs);
+            if jobs.contains_key(&id) {
+                return Err(JobError::AlreadyExists(id));
+            }
+            jobs.insert(id, Arc::clone(&job));
+        }
+        self.started.notify_waiters();
+
+        let narrator = Narrator {
+            job,
+            finished: false,
+        };
+        narrator.record(Level::Info, action, message, None, None);
+        Ok(narrator)
+    }
+
+    /// Subscribes to the job `id`: its history, then live events until the final one.
+    ///
+    /// When the job does not exist yet, waits up to `wait_for_start` for it to start.
+    pub async fn subscribe(
+        &self,
+        id: &JobId,
+        wait_for_start: Duration,
+    ) -> Result<EventStream, JobError> {
+        let deadline = tokio::time::Instant::now() + wait_for_start;
+        loop {
+            // Registered before the lookup, so a job started in between still wakes us.
+            let started = self.started.notified();
+            if let Some(job) = self.get(id) {
+                return Ok(EventStream::new(job, self.shutdown.clone()));
+            }
+            if tokio::time::timeout_at(deadline, started).await.is_err() {
+                return Err(JobError::NotFound(id.clone()));
+            }
+        }
+    }
+
+    fn get(&self, id: &JobId) -> Option<Arc<Job>> {
+        let jobs = self.jobs.lock().expect("job registry lock poisoned");
+        jobs.get(id).cloned()
+    }
+
+    fn forget_expired(&self, jobs: &mut HashMap<JobId, Arc<Job>>) {
+        let now = Instant::now();
+        jobs.retain(|_, job| {
+            job.finished_at()
+                .is_none_or(|at| now.duration_since(at) < self.limits.retention)
+        });
+
+        let mut finished: Vec<(Instant, JobId)> = jobs
+            .iter()
+            .filter_map(|(id, job)| job.finished_at().map(|at| (at, id.clone())))
+            .collect();
+        if finished.len() > self.limits.max_finished_jobs {
+            finished.sort_unstable();
+            let excess = finished.len() - self.limits.max_finished_jobs;
+            for (_, id) in finished.into_iter().take(excess) {
+                jobs.remove(&id);
+            }
+        }
+    }
+}
+
+/// One job: its bounded event history and a signal for subscribers.
+#[derive(Debug)]
+struct Job {
+    id: JobId,
+    state: Mutex<JobState>,
+    /// Sequence number of the newest event, for waking subscribers.
+    latest: watch::Sender<u64>,
+    max_events: usize,
+}
+
+#[derive(Debug)]
+struct JobState {
+    events: VecDeque<Event>,
+    next_seq: u64,
+    finished_at: Option<Instant>,
+}
+
+impl Job {
+    fn new(id: JobId, max_events: usize) -> Self {
+        Self {
+            id,
+            state: Mutex::new(JobState {
+                events: VecDeque::new(),
+                next_seq: 0,
+                finished_at: None,
+            }),
+            latest: watch::Sender::new(0),
+            max_events: max_events.max(2),
+        }
+    }
+
+    fn finished_at(&self) -> Option<Instant> {
+        self.lock().finished_at
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, JobState> {
+        self.state.lock().expect("job state lock poisoned")
+    }
+}
+
+/// Handle through which a running job records its narration.
+///
+/// Dropping it before [`Narrator::finish`] records a final event with outcome CANCELLED, which is
+/// what happens when a client disconnects and tonic drops the request.
+#[derive(Debug)]
+pub struct Narrator {
+    job: Arc<Job>,
+    finished: bool,
+}
+
+impl Narrator {
+    /// Returns the id of the job.
+    pub fn job_id(&self) -> &JobId {
+        &self.job.id
+    }
+
+    /// Records an event at `level`.
+    pub fn narrate(&self, level: Level, action: &'static str, message: impl Into<String>) {
+        self.record(level, action, message.into(), None, None);
+    }
+
+    /// Records an informational event.
+    pub fn info(&self, action: &'static str, message: impl Into<String>) {
+        self.narrate(Level::Info, action, message);
+    }
+
+    /// Records a warning.
+    pub fn warn(&self, action: &'static str, message: impl Into<String>) {
+        self.narrate(Level::Warn, action, message);
+    }
+
+    /// Records an event that carries progress.
+    pub fn progress(&self, action: &'static str, message: impl Into<String>, progress: Progress) {
+        self.record(Level::Info, action, message.into(), Some(progress), None);
+    }
+
+    /// Records the final event with the job's outcome.
+    pub fn finish(mut self, outcome: Outcome) {
+        self.finish_with(outcome);
+    }
+
+    fn finish_with(&mut self, outcome: Outcome) {
+        self.finished = true;
+        let (level, message) = if outcome.is_ok() {
+            (Level::Info, "job finished".to_owned())
+        } else {
+            (Level::Error, format!("job failed: {}", outcome.message))
+        };
+        self.record(level, "job.finish", message, None, Some(outcome));
+    }
+
+    fn record(
+        &self,
+        level: Level,
+        action: &'static str,
+        message: String,
+        progress: Option<Progress>,
+        outcome: Option<Outcome>,
+    ) {
+        let seq = {
+            let mut state = self.job.lock();
+            if state.finished_at.is_some() {
+                return;
+            }
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            if outcome.is_some() {
+                state.finished_at = Some(Instant::now());
+            }
+            if state.events.len() == self.job.max_events {
+                state.events.pop_front();
+            }
+            state.events.push_back(Event {
+                job_id: self.job.id.clone(),
+                seq,
+                at: SystemTime::now(),
+                level,
+                action,
+                message,
+                progress,
+                outcome,
+            });
+            seq
+        };
+        self.job.latest.send_replace(seq);
+    }
+}
+
+impl Drop for Narrator {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finish_with(Outcome::cancelled(
+                "the request was cancelled before the job finished",
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,222 @@
+//! Finding worker processes in `/proc`.
+//!
+//! A scan reads only the `exe` link of each pid, which is cheap, and reads the details (stat,
+//! command line, sockets) of the few processes that turn out to be workers.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    io,
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
+
+use procfs::process::{FDTarget, Process};
+
+use super::{ProcessError, WorkerProcess};
+use crate::catalog::{Catalog, WorkerName};
+
+/// Lists the worker processes, optionally only those running `only`, sorted by pid.
+pub fn list_workers(
+    catalog: &Catalog,
+    only: Option<&WorkerName>,
+) -> Result<Vec<WorkerProcess>, ProcessError> {
+    let clock = Clock::read()?;
+    let proc_dir = std::fs::read_dir("/proc").map_err(|source| ProcessError::Os {
+        action: "list /proc",
+        pid: 0,
+        source,
+    })?;
+
+    let mut workers = Vec::new();
+    for dir_entry in proc_dir.flatten() {
+        let Some(pid) = dir_entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Some((worker_name, exe)) = identify(catalog, pid) else {
+            continue;
+        };
+        if only.is_some_and(|only| *only != worker_name) {
+            continue;
+        }
+        // A process that exits between the two reads is simply not listed.
+        if let Ok(worker) = read_worker(pid, worker_name, exe, &clock) {
+            workers.push(worker);
+        }
+    }
+    workers.sort_by_key(|w| w.pid);
+    Ok(workers)
+}
+
+/// Returns the worker process `pid`.
+///
+/// Fails with [`ProcessError::NotFound`] when the pid does not exist or is not a worker, with
+/// the same message in both cases, so callers learn nothing about non-worker processes.
+pub fn find_worker(catalog: &Catalog, pid: i32) -> Result<WorkerProcess, ProcessError> {
+    let not_found = || ProcessError::NotFound { pid };
+    if pid <= 0 {
+        return Err(not_found());
+    }
+    let (worker_name, exe) = identify(catalog, pid).ok_or_else(not_found)?;
+    let clock = Clock::read()?;
+    read_worker(pid, worker_name, exe, &clock).map_err(|_| not_found())
+}
+
+/// Returns the catalog name and executable of `pid` if it runs a catalog binary.
+///
+/// Zombies and kernel threads have no `exe` link, and processes of other users may hide it;
+/// none of them are identified as workers.
+pub(super) fn identify(catalog: &Catalog, pid: i32) -> Option<(WorkerName, PathBuf)> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let name = catalog.worker_name_of(&exe)?;
+    Some((name, exe))
+}
+
+/// Reads the start time of `pid` in clock ticks after boot.
+pub(super) fn start_ticks(pid: i32) -> io::Result<u64> {
+    let stat = Process::new(pid)
+        .and_then(|p| p.stat())
+        .map_err(proc_error)?;
+    Ok(stat.starttime)
+}
+
+/// Reads the raw wait status the kernel keeps for `pid` while it is a zombie, if the process
+/// started at `start_ticks` is still there to read.
+pub(super) fn zombie_wait_status(pid: i32, start_ticks: u64) -> Option<i32> {
+    let stat = Process::new(pid).and_then(|p| p.stat()).ok()?;
+    if stat.starttime != start_ticks || stat.state != 'Z' {
+        return None;
+    }
+    stat.exit_code
+}
+
+/// Boot time and clock rate, to turn tick counts into times.
+struct Clock {
+    boot_time: SystemTime,
+    ticks_per_second: u64,
+    page_size: u64,
+}
+
+impl Clock {
+    fn read() -> Result<Self, ProcessError> {
+        let boot_secs = procfs::boot_time_secs().map_err(|e| ProcessError::Os {
+            action: "read the boot time from /proc/stat",
+            pid: 0,
+            source: proc_error(e),
+        })?;
+        Ok(Self {
+            boot_time: SystemTime::UNIX_EPOCH + Duration::from_secs(boot_secs),
+            ticks_per_second: procfs::ticks_per_second().max(1),
+            page_size: procfs::page_size(),
+        })
+    }
+
+    fn ticks_to_duration(&self, ticks: u64) -> Duration {
+        Duration::from_secs_f64(ticks as f64 / self.ticks_per_second as f64)
+    }
+}
+
+fn read_worker(
+    pid: i32,
+    worker_name: WorkerName,
+    exe: PathBuf,
+    clock: &Clock,
+) -> Result<WorkerProcess, procfs::ProcError> {
+    let process = Process::new(pid)?;
+    let stat = process.stat()?;
+    let argv = process.cmdline()?;
+    let uid = process.uid()?;
+
+    let started_at = clock.boot_time + clock.ticks_to_duration(stat.starttime);
+    let alive_secs = SystemTime::now()
+        .duration_since(started_at)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let cpu_secs = clock
+        .ticks_to_duration(stat.utime + stat.stime)
+        .as_secs_f64();
+    let cpu_percent = if alive_secs > 0.0 {
+        100.0 * cpu_secs / alive_secs
+    } else {
+        0.0
+    };
+
+    Ok(WorkerProcess {
+        pid,
+        ppid: stat.ppid,
+        worker_name,
+        exe,
+        argv,
+        uid,
+        user: user_name(uid),
+        state: state_name(stat.state),
+        start_ticks: stat.starttime,
+        started_at,
+        cpu_percent,
+        rss_bytes: stat.rss * clock.page_size,
+        listening_ports: listening_ports(&process),
+    })
+}
+
+/// Returns the TCP ports `process` listens on, matching its socket inodes against the TCP
+/// tables of its own network namespace.
+fn listening_ports(process: &Process) -> Vec<u16> {
+    let Ok(fds) = process.fd() else {
+        return Vec::new();
+    };
+    let sockets: HashSet<u64> = fds
+        .flatten()
+        .filter_map(|fd| match fd.target {
+            FDTarget::Socket(inode) => Some(inode),
+            _ => None,
+        })
+        .collect();
+    if sockets.is_empty() {
+        return Vec::new();
+    }
+
+    let tables = [process.tcp(), process.tcp6()];
+    let ports: BTreeSet<u16> = tables
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| {
+            entry.state == procfs::net::TcpState::Listen && sockets.contains(&entry.inode)
+        })
+        .map(|entry| entry.local_address.port())
+        .collect();
+    ports.into_iter().collect()
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|user| user.name)
+}
+
+/// Names the one-letter scheduler states of `/proc/PID/stat` (see proc(5)).
+fn state_name(state: char) -> &'static str {
+    match state {
+        'R' => "running",
+        'S' => "sleeping",
+        'D' => "disk-sleep",
+        'T' => "stopped",
+        't' => "tracing-stop",
+        'Z' => "zombie",
+        'X' | 'x' => "dead",
+        'I' => "idle",
+        'P' => "parked",
+        'W' => "waking",
+        'K' => "wakekill",
+        _ => "unknown",
+    }
+}
+
+fn proc_error(error: procfs::ProcError) -> io::Error {
+    match error {
+        procfs::ProcError::NotFound(_) => io::Error::from(io::ErrorKind::NotFound),
+        procfs::ProcError::PermissionDenied(_) => io::Error::from(io::ErrorKind::PermissionDenied),
+        procfs::ProcError::Io(e, _) => e,
+        other => io::Error::other(other.to_string()),
+    }
+}

@@ -1,0 +1,241 @@
+//! Stopping a worker process without ever signalling the wrong one.
+//!
+//! The hive opens a pidfd for the pid, then checks that the process behind it still is the
+//! worker it found (same start time, executable still in the catalog). From then on every signal
+//! goes through the pidfd, which refers to that one process even if it exits and the pid is
+//! reused, and waiting is a poll on the pidfd, which becomes readable when the process exits.
+
+use std::{
+    os::fd::OwnedFd,
+    time::{Duration, Instant},
+};
+
+use rustix::{
+    io::Errno,
+    process::{Pid, PidfdFlags, Signal},
+};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::{ProcessError, scan};
+use crate::{
+    catalog::{Catalog, WorkerName},
+    jobs::Narrator,
+};
+
+/// How long to wait for a process to disappear after SIGKILL before giving up. The kernel
+/// normally reaps a killed process in milliseconds; only a process stuck in uninterruptible I/O
+/// takes longer.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Which signals ended a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMethod {
+    /// Exited within the grace period after SIGTERM.
+    Terminated,
+    /// Still running after the grace period, then killed with SIGKILL.
+    KilledAfterGrace,
+    /// Killed with SIGKILL at once, because the grace period was zero.
+    Killed,
+    /// Exited on its own before it could be signalled.
+    AlreadyExited,
+}
+
+/// A stopped worker process and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoppedProcess {
+    /// Process id.
+    pub pid: i32,
+    /// Catalog name of the binary it ran.
+    pub worker_name: WorkerName,
+    /// Which signals ended it.
+    pub method: StopMethod,
+    /// Exit code, when it exited normally and its status was readable.
+    pub exit_code: Option<i32>,
+    /// Signal that killed it, when its status was readable.
+    pub signal: Option<i32>,
+    /// Time from the first signal until it was gone.
+    pub elapsed: Duration,
+}
+
+/// Stops the worker process `pid`: SIGTERM, then SIGKILL after `grace` (at once when `grace`
+/// is zero).
+///
+/// The exit status is reported when the process is still a zombie after it exits, which is the
+/// case until its parent reaps it; otherwise it is unknown.
+pub async fn stop_worker(
+    catalog: &Catalog,
+    pid: i32,
+    grace: Duration,
+    narrator: &Narrator,
+) -> Result<StoppedProcess, ProcessError> {
+    let worker = scan::find_worker(catalog, pid)?;
+    let pidfd = open_verified(catalog, &worker.worker_name, pid, worker.start_ticks)?;
+    let pidfd = watch(pidfd).map_err(|source| ProcessError::Os {
+        action: "watch the pidfd",
+        pid,
+        source,
+    })?;
+    let name = &worker.worker_name;
+    let started = Instant::now();
+
+    let first_signal = if grace.is_zero() {
+        Signal::KILL
+    } else {
+        Signal::TERM
+    };
+    narrator.info(
+        "process.signal",
+        format!(
+            "sending {} to worker process {pid} ({name})",
+            signal_name(first_signal)
+        ),
+    );
+    let mut method = if grace.is_zero() {
+        StopMethod::Killed
+    } else {
+        StopMethod::Terminated
+    };
+    if !send(&pidfd, pid, first_signal)? {
+        method = StopMethod::AlreadyExited;
+    } else if !grace.is_zero() && tokio::time::timeout(grace, exited(&pidfd)).await.is_err() {
+        narrator.warn(
+            "process.signal",
+            format!(
+                "worker process {pid} still running after the {}s grace period; sending SIGKILL",
+                grace.as_secs_f64()
+            ),
+        );
+        method = StopMethod::KilledAfterGrace;
+        send(&pidfd, pid, Signal::KILL)?;
+    }
+
+    if tokio::time::timeout(KILL_WAIT, exited(&pidfd))
+        .await
+        .is_err()
+    {
+        return Err(ProcessError::Unkillable {
+            pid,
+            waited_secs: KILL_WAIT.as_secs(),
+        });
+    }
+    let elapsed = started.elapsed();
+
+    let (exit_code, signal) = decode_wait_status(scan::zombie_wait_status(pid, worker.start_ticks));
+    let how = match (exit_code, signal) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (_, Some(signal)) => format!("was killed by signal {signal}"),
+        _ => "exited".to_owned(),
+    };
+    narrator.info(
+        "process.exit",
+        format!(
+            "worker process {pid} ({name}) {how} after {:.2}s",
+            elapsed.as_secs_f64()
+        ),
+    );
+    tracing::info!(pid, worker = %name, ?method, ?exit_code, ?signal, "worker process stopped");
+
+    Ok(StoppedProcess {
+        pid,
+        worker_name: worker.worker_name,
+        method,
+        exit_code,
+        signal,
+        elapsed,
+    })
+}
+
+/// Opens a pidfd for `pid` and checks, after opening, that it refers to the worker found
+/// earlier. Checking after opening closes the race: the pidfd cannot change process, and the
+/// process behind the pid matched the worker's start time while the pidfd already held it.
+fn open_verified(
+    catalog: &Catalog,
+    name: &WorkerName,
+    pid: i32,
+    start_ticks: u64,
+) -> Result<OwnedFd, ProcessError> {
+    let not_found = || ProcessError::NotFound { pid };
+    let raw_pid = Pid::from_raw(pid).ok_or_else(not_found)?;
+    let pidfd = rustix::process::pidfd_open(raw_pid, PidfdFlags::empty()).map_err(|errno| {
+        if errno == Errno::SRCH {
+            not_found()
+        } else {
+            ProcessError::Os {
+                action: "open a pidfd",
+                pid,
+                source: errno.into(),
+            }
+        }
+    })?;
+
+    let same_start = scan::start_ticks(pid).is_ok_and(|ticks| ticks == start_ticks);
+    let same_binary = scan::identify(catalog, pid).is_some_and(|(found, _)| found == *name);
+    if same_start && same_binary {
+        Ok(pidfd)
+    } else {
+        Err(not_found())
+    }
+}
+
+/// Registers the pidfd with the tokio reactor, to wait for the process to exit.
+#[allow(unsafe_code)]
+fn watch(pidfd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the `OwnedFd` is moved into the `AsyncFd`, so the descriptor stays open and refers
+    // to the same pidfd until the `AsyncFd` is dropped, as registration requires.
+    unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }.map_err(Into::into)
+}
+
+/// Sends `signal` through the pidfd. Returns `false` when the process had already exited.
+fn send(pidfd: &AsyncFd<OwnedFd>, pid: i32, signal: Signal) -> Result<bool, ProcessError> {
+    match rustix::process::pidfd_send_signal(pidfd.get_ref(), signal) {
+        Ok(()) => Ok(true),
+        Err(Errno::SRCH) => Ok(false),
+        Err(Errno::PERM) => Err(ProcessError::PermissionDenied {
+            pid,
+            source: Errno::PERM.into(),
+        }),
+        Err(errno) => Err(ProcessError::Os {
+            action: "send a signal",
+            pid,
+            source: errno.into(),
+        }),
+    }
+}
+
+/// Waits until the process behind the pidfd has exited.
+async fn exited(pidfd: &AsyncFd<OwnedFd>) {
+    // A pidfd never stops being readable once the process exits, so the readiness is not
+    // cleared. An error from the reactor cannot happen for a registered pidfd; treat it as exit.
+    let _ = pidfd.readable().await;
+}
+
+/// Splits a raw wait status into an exit code or a terminating signal.
+fn decode_wait_status(status: Option<i32>) -> (Option<i32>, Option<i32>) {
+    match status {
+        Some(status) if status & 0x7f == 0 => (Some((status >> 8) & 0xff), None),
+        Some(status) => (None, Some(status & 0x7f)),
+        None => (None, None),
+    }
+}
+
+fn signal_name(signal: Signal) -> &'static str {
+    if signal == Signal::KILL {
+        "SIGKILL"
+    } else {
+        "SIGTERM"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_wait_status;
+
+    #[test]
+    fn wait_status_decoding() {
+        assert_eq!(decode_wait_status(Some(0)), (Some(0), None));
+        assert_eq!(decode_wait_status(Some(3 << 8)), (Some(3), None));
+        assert_eq!(decode_wait_status(Some(15)), (None, Some(15)));
+        assert_eq!(decode_wait_status(Some(9 | 0x80)), (None, Some(9)));
+        assert_eq!(decode_wait_status(None), (None, None));
+    }
+}

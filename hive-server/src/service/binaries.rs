@@ -1,0 +1,123 @@
+//! `ListWorkerBinaries`, `GetWorkerBinary` and `DeleteWorkerBinary`.
+
+use rbee_proto::v1 as proto;
+
+use super::{HiveApi, blocking, processes::stopped_to_proto};
+use crate::{
+    catalog::{Layout, WorkerBinary, WorkerName},
+    error::Error,
+    jobs::Narrator,
+    process::{self, ProcessError},
+};
+
+/// Grace period for worker processes stopped by a forced delete.
+const FORCED_DELETE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl HiveApi {
+    pub(super) async fn list_binaries(
+        &self,
+        narrator: &Narrator,
+    ) -> Result<proto::ListWorkerBinariesResponse, Error> {
+        let catalog = self.catalog();
+        let binaries = blocking(move || Ok(catalog.list()?)).await?;
+        narrator.info(
+            "binary.list",
+            format!("found {} worker binaries", binaries.len()),
+        );
+        Ok(proto::ListWorkerBinariesResponse {
+            job_id: narrator.job_id().to_string(),
+            binaries: binaries.into_iter().map(binary_to_proto).collect(),
+        })
+    }
+
+    pub(super) async fn get_binary(
+        &self,
+        narrator: &Narrator,
+        request: proto::GetWorkerBinaryRequest,
+    ) -> Result<proto::GetWorkerBinaryResponse, Error> {
+        let name = WorkerName::parse(&request.name).map_err(crate::catalog::CatalogError::from)?;
+        let catalog = self.catalog();
+        let binary = blocking(move || Ok(catalog.get(&name)?)).await?;
+        Ok(proto::GetWorkerBinaryResponse {
+            job_id: narrator.job_id().to_string(),
+            binary: Some(binary_to_proto(binary)),
+        })
+    }
+
+    /// Deletes a catalog entry. While worker processes run it, fails with the pids, or with
+    /// `force` stops them first.
+    pub(super) async fn delete_binary(
+        &self,
+        narrator: &Narrator,
+        request: proto::DeleteWorkerBinaryRequest,
+    ) -> Result<proto::DeleteWorkerBinaryResponse, Error> {
+        let name = WorkerName::parse(&request.name).map_err(crate::catalog::CatalogError::from)?;
+        let catalog = self.catalog();
+        let running = {
+            let name = name.clone();
+            blocking(move || {
+                catalog.get(&name)?;
+                Ok(process::list_workers(&catalog, Some(&name))?)
+            })
+            .await?
+        };
+
+        let mut stopped = Vec::new();
+        if !running.is_empty() {
+            let pids: Vec<i32> = running.iter().map(|w| w.pid).collect();
+            if !request.force {
+                return Err(Error::BinaryInUse { name, pids });
+            }
+            narrator.info(
+                "binary.delete",
+                format!("stopping {} worker processes of {name} first", pids.len()),
+            );
+            for pid in pids {
+                match process::stop_worker(&self.shared.catalog, pid, FORCED_DELETE_GRACE, narrator)
+                    .await
+                {
+                    Ok(process) => stopped.push(stopped_to_proto(process)),
+                    // Exited on its own in the meantime: nothing left to stop.
+                    Err(ProcessError::NotFound { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+
+        let catalog = self.catalog();
+        let binary = blocking(move || Ok(catalog.remove(&name)?)).await?;
+        narrator.info(
+            "binary.delete",
+            format!("deleted {} ({})", binary.name, binary.path.display()),
+        );
+        Ok(proto::DeleteWorkerBinaryResponse {
+            job_id: narrator.job_id().to_string(),
+            binary: Some(binary_to_proto(binary)),
+            stopped,
+        })
+    }
+}
+
+fn binary_to_proto(binary: WorkerBinary) -> proto::WorkerBinary {
+    let layout = match binary.layout {
+        Layout::File => proto::BinaryLayout::File,
+        Layout::Directory => proto::BinaryLayout::Directory,
+        Layout::Symlink => proto::BinaryLayout::Symlink,
+    };
+    proto::WorkerBinary {
+        name: binary.name.to_string(),
+        path: binary.path.display().to_string(),
+        layout: layout.into(),
+        size_bytes: binary.size_bytes,
+        sha256: binary.sha256,
+        modified_at: Some(binary.modified_at.into()),
+        executable: binary.executable,
+        platform: binary.platform,
+        version: binary.version.unwrap_or_default(),
+        source: binary.source.unwrap_or_default(),
+        symlink_target: binary
+            .symlink_target
+            .map(|target| target.display().to_string())
+            .unwrap_or_default(),
+    }
+}

@@ -1,0 +1,304 @@
+//! The `rbee.hive.v1.HiveService` implementation.
+//!
+//! Each RPC runs as a job: [`HiveApi::begin`] takes a concurrency permit and starts the job,
+//! the handler in the file of its noun does the work, and [`HiveApi::finish`] records the
+//! outcome and turns it into the response or the error status.
+
+mod binaries;
+mod hive_info;
+mod narration;
+mod processes;
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use futures::Stream;
+use rbee_proto::v1::{self as proto, hive_service_server::HiveService};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::{Request, Response, Status, metadata::MetadataValue};
+
+use crate::{
+    catalog::Catalog,
+    error::Error,
+    host::HostFacts,
+    jobs::{JobId, Jobs, Narrator, Outcome},
+};
+
+/// Limits on the work a hive accepts at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceLimits {
+    /// Requests running at once; more are rejected with RESOURCE_EXHAUSTED.
+    pub max_concurrent_requests: usize,
+    /// Narration streams open at once; more are rejected with RESOURCE_EXHAUSTED.
+    pub max_narration_streams: usize,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_requests: 256,
+            max_narration_streams: 1024,
+        }
+    }
+}
+
+/// Identity of a hive.
+#[derive(Debug, Clone)]
+pub struct HiveIdentity {
+    /// Stable id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+}
+
+/// State shared by all requests.
+#[derive(Debug)]
+struct Shared {
+    identity: HiveIdentity,
+    host: HostFacts,
+    cpu_model: String,
+    catalog: Arc<Catalog>,
+    jobs: Arc<Jobs>,
+    started: Instant,
+    started_at: SystemTime,
+    limits: ServiceLimits,
+    requests: Arc<Semaphore>,
+    narration_streams: Arc<Semaphore>,
+}
+
+/// The hive's gRPC service.
+#[derive(Debug, Clone)]
+pub struct HiveApi {
+    shared: Arc<Shared>,
+}
+
+/// A job in progress, holding its concurrency permit until it finishes.
+struct RunningJob {
+    narrator: Narrator,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl HiveApi {
+    /// Creates the service over a catalog and a job registry.
+    pub fn new(
+        identity: HiveIdentity,
+        catalog: Arc<Catalog>,
+        jobs: Arc<Jobs>,
+        limits: ServiceLimits,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                identity,
+                host: HostFacts::read(),
+                cpu_model: crate::host::cpu_model(),
+                catalog,
+                jobs,
+                started: Instant::now(),
+                started_at: SystemTime::now(),
+                limits,
+                requests: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+                narration_streams: Arc::new(Semaphore::new(limits.max_narration_streams)),
+            }),
+        }
+    }
+
+    /// Starts a job for a request, or sheds the request when the hive is at its limit.
+    fn begin(
+        &self,
+        job_id: &str,
+        action: &'static str,
+        message: String,
+    ) -> Result<RunningJob, Status> {
+        let permit = Arc::clone(&self.shared.requests)
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded {
+                limit: self.shared.limits.max_concurrent_requests,
+            })?;
+        let job_id = JobId::parse_optional(job_id)
+            .map_err(crate::jobs::JobError::from)
+            .map_err(Error::from)?;
+        let narrator = self
+            .shared
+            .jobs
+            .start(job_id, action, message)
+            .map_err(Error::from)?;
+        tracing::debug!(job_id = %narrator.job_id(), action, "job started");
+        Ok(RunningJob {
+            narrator,
+            _permit: permit,
+        })
+    }
+
+    /// Records the outcome of a job and turns it into the RPC result. A failure carries the job
+    /// id in the `rbee-job-id` metadata.
+    fn finish<T>(&self, job: RunningJob, result: Result<T, Error>) -> Result<Response<T>, Status> {
+        let RunningJob { narrator, _permit } = job;
+        let job_id = narrator.job_id().clone();
+        match result {
+            Ok(response) => {
+                narrator.finish(Outcome::ok());
+                Ok(Response::new(response))
+            }
+            Err(error) => {
+                let mut status = Status::from(error);
+                narrator.finish(Outcome::failed(status.code() as i32, status.message()));
+                if let Ok(value) = MetadataValue::try_from(job_id.as_str()) {
+                    status
+                        .metadata_mut()
+                        .insert(rbee_proto::JOB_ID_METADATA_KEY, value);
+                }
+                Err(status)
+            }
+        }
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        Arc::clone(&self.shared.catalog)
+    }
+}
+
+/// Runs blocking file system or `/proc` work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("background task failed: {e}")))?
+}
+
+/// Converts a duration from a request, rejecting negative values and values over `max`.
+fn request_duration(
+    field: &str,
+    value: Option<prost_types::Duration>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, Error> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let duration = Duration::try_from(value).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "invalid {field}: it must be zero or positive, got {}s {}ns",
+            value.seconds, value.nanos
+        ))
+    })?;
+    if duration > max {
+        return Err(Error::InvalidArgument(format!(
+            "invalid {field}: {}s is longer than the maximum of {}s",
+            duration.as_secs_f64(),
+            max.as_secs()
+        )));
+    }
+    Ok(duration)
+}
+
+fn proto_duration(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(duration).unwrap_or_default()
+}
+
+/// Stream type of `Narrate`.
+pub type NarrateStream = Pin<Box<dyn Stream<Item = Result<proto::NarrationEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl HiveService for HiveApi {
+    async fn get_hive_info(
+        &self,
+        request: Request<proto::GetHiveInfoRequest>,
+    ) -> Result<Response<proto::GetHiveInfoResponse>, Status> {
+        let request = request.into_inner();
+        let job = self.begin(&request.job_id, "hive.info", "describing the hive".into())?;
+        let result = self.hive_info(&job.narrator).await;
+        self.finish(job, result)
+    }
+
+    async fn list_worker_binaries(
+        &self,
+        request: Request<proto::ListWorkerBinariesRequest>,
+    ) -> Result<Response<proto::ListWorkerBinariesResponse>, Status> {
+        let request = request.into_inner();
+        let job = self.begin(
+            &request.job_id,
+            "binary.list",
+            "listing worker binaries".into(),
+        )?;
+        let result = self.list_binaries(&job.narrator).await;
+        self.finish(job, result)
+    }
+
+    async fn get_worker_binary(
+        &self,
+        request: Request<proto::GetWorkerBinaryRequest>,
+    ) -> Result<Response<proto::GetWorkerBinaryResponse>, Status> {
+        let request = request.into_inner();
+        let message = format!("reading worker binary {:?}", shorten(&request.name));
+        let job = self.begin(&request.job_id, "binary.get", message)?;
+        let result = self.get_binary(&job.narrator, request).await;
+        self.finish(job, result)
+    }
+
+    async fn delete_worker_binary(
+        &self,
+        request: Request<proto::DeleteWorkerBinaryRequest>,
+    ) -> Result<Response<proto::DeleteWorkerBinaryResponse>, Status> {
+        let request = request.into_inner();
+        let message = format!("deleting worker binary {:?}", shorten(&request.name));
+        let job = self.begin(&request.job_id, "binary.delete", message)?;
+        let result = self.delete_binary(&job.narrator, request).await;
+        self.finish(job, result)
+    }
+
+    async fn list_worker_processes(
+        &self,
+        request: Request<proto::ListWorkerProcessesRequest>,
+    ) -> Result<Response<proto::ListWorkerProcessesResponse>, Status> {
+        let request = request.into_inner();
+        let job = self.begin(
+            &request.job_id,
+            "process.list",
+            "listing worker processes".into(),
+        )?;
+        let result = self.list_processes(&job.narrator, request).await;
+        self.finish(job, result)
+    }
+
+    async fn get_worker_process(
+        &self,
+        request: Request<proto::GetWorkerProcessRequest>,
+    ) -> Result<Response<proto::GetWorkerProcessResponse>, Status> {
+        let request = request.into_inner();
+        let message = format!("reading worker process {}", request.pid);
+        let job = self.begin(&request.job_id, "process.get", message)?;
+        let result = self.get_process(&job.narrator, request).await;
+        self.finish(job, result)
+    }
+
+    async fn delete_worker_process(
+        &self,
+        request: Request<proto::DeleteWorkerProcessRequest>,
+    ) -> Result<Response<proto::DeleteWorkerProcessResponse>, Status> {
+        let request = request.into_inner();
+        let message = format!("stopping worker process {}", request.pid);
+        let job = self.begin(&request.job_id, "process.delete", message)?;
+        let result = self.delete_process(&job.narrator, request).await;
+        self.finish(job, result)
+    }
+
+    type NarrateStream = NarrateStream;
+
+    async fn narrate(
+        &self,
+        request: Request<proto::NarrateRequest>,
+    ) -> Result<Response<Self::NarrateStream>, Status> {
+        let stream = self.narrate_job(request.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+}
+
+/// Cuts a client-supplied string for a narration message, so a huge request field does not turn
+/// into a huge event.
+fn shorten(value: &str) -> String {
+    value.chars().take(64).collect()
+}

@@ -1,0 +1,69 @@
+//! `Narrate`: streaming a job's narration.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use rbee_proto::v1 as proto;
+
+use super::{HiveApi, NarrateStream, request_duration};
+use crate::{
+    error::Error,
+    jobs::{Event, JobError, JobId, Level},
+};
+
+/// Longest a `Narrate` request may wait for its job to start.
+const MAX_WAIT_FOR_START: Duration = Duration::from_secs(60);
+
+impl HiveApi {
+    pub(super) async fn narrate_job(
+        &self,
+        request: proto::NarrateRequest,
+    ) -> Result<NarrateStream, Error> {
+        let job_id = JobId::parse(&request.job_id).map_err(JobError::from)?;
+        let wait = request_duration(
+            "wait_for_start",
+            request.wait_for_start,
+            Duration::ZERO,
+            MAX_WAIT_FOR_START,
+        )?;
+        let permit = Arc::clone(&self.shared.narration_streams)
+            .try_acquire_owned()
+            .map_err(|_| Error::TooManyStreams {
+                limit: self.shared.limits.max_narration_streams,
+            })?;
+
+        let events = self.shared.jobs.subscribe(&job_id, wait).await?;
+        let stream = events.map(move |event| {
+            // The permit lives as long as the stream.
+            let _open_stream = &permit;
+            Ok(event_to_proto(event))
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+fn event_to_proto(event: Event) -> proto::NarrationEvent {
+    let level = match event.level {
+        Level::Debug => proto::NarrationLevel::Debug,
+        Level::Info => proto::NarrationLevel::Info,
+        Level::Warn => proto::NarrationLevel::Warn,
+        Level::Error => proto::NarrationLevel::Error,
+    };
+    proto::NarrationEvent {
+        job_id: event.job_id.to_string(),
+        seq: event.seq,
+        timestamp: Some(event.at.into()),
+        level: level.into(),
+        action: event.action.to_owned(),
+        message: event.message,
+        progress: event.progress.map(|p| proto::Progress {
+            current: p.current,
+            total: p.total,
+            unit: p.unit.to_owned(),
+        }),
+        outcome: event.outcome.map(|o| proto::JobOutcome {
+            code: o.code,
+            message: o.message,
+        }),
+    }
+}
