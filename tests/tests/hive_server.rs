@@ -1,0 +1,153 @@
+//! Server behaviour: health, load shedding, graceful shutdown.
+
+use std::time::Duration;
+
+use rbee_proto::v1::{
+    DeleteWorkerProcessRequest, ListWorkerBinariesRequest, NarrateRequest,
+    hive_service_client::HiveServiceClient,
+};
+use rbee_tests::{HiveOptions, TestHive};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+#[tokio::test]
+async fn health_reports_hive_service_serving() {
+    let hive = TestHive::start();
+    let channel = tonic::transport::Endpoint::from_shared(hive.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+
+    let response = health
+        .check(HealthCheckRequest {
+            service: "rbee.hive.v1.HiveService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(response.status(), ServingStatus::Serving);
+}
+
+#[tokio::test]
+async fn requests_beyond_the_limit_are_shed_then_served_again() {
+    let hive = TestHive::start_with(HiveOptions {
+        args: vec!["--max-concurrent-requests".into(), "1".into()],
+    });
+    let worker = hive.start_worker("stubborn", &["--ignore-sigterm"]);
+
+    // Holds the only request slot for the grace period.
+    let slow = {
+        let url = hive.url();
+        let pid = worker.pid();
+        tokio::spawn(async move {
+            let mut client = HiveServiceClient::connect(url).await.unwrap();
+            client
+                .delete_worker_process(DeleteWorkerProcessRequest {
+                    job_id: "job-slow".into(),
+                    pid,
+                    grace_period: Some(Duration::from_secs(2).try_into().unwrap()),
+                })
+                .await
+        })
+    };
+    let mut client = hive.client().await;
+    wait_for_job(&mut client, "job-slow").await;
+
+    let shed = client
+        .list_worker_binaries(ListWorkerBinariesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(shed.code(), Code::ResourceExhausted);
+    assert_eq!(
+        shed.message(),
+        "the hive is busy: 1 requests are already running; retry shortly"
+    );
+
+    slow.await.unwrap().unwrap();
+    client
+        .list_worker_binaries(ListWorkerBinariesRequest::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_ends_open_narration_streams_and_exits() {
+    let mut hive = TestHive::start_with(HiveOptions {
+        args: vec!["--drain-timeout-secs".into(), "1".into()],
+    });
+    let worker = hive.start_worker("stubborn", &["--ignore-sigterm"]);
+    let running = {
+        let url = hive.url();
+        let pid = worker.pid();
+        tokio::spawn(async move {
+            let mut client = HiveServiceClient::connect(url).await.unwrap();
+            client
+                .delete_worker_process(DeleteWorkerProcessRequest {
+                    job_id: "job-running".into(),
+                    pid,
+                    grace_period: Some(Duration::from_secs(60).try_into().unwrap()),
+                })
+                .await
+        })
+    };
+    let mut client = hive.client().await;
+    wait_for_job(&mut client, "job-running").await;
+
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut client = hive.client().await;
+        let stream = client
+            .narrate(NarrateRequest {
+                job_id: "job-running".into(),
+                wait_for_start: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        streams.push(tokio::spawn(stream.map(|e| e.unwrap()).collect::<Vec<_>>()));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let status = tokio::task::spawn_blocking(move || {
+        let status = hive.terminate(Duration::from_secs(15));
+        (status, hive)
+    });
+    for stream in streams {
+        let events = tokio::time::timeout(Duration::from_secs(5), stream)
+            .await
+            .expect("narration stream ends at shutdown")
+            .unwrap();
+        let last = events.last().unwrap();
+        assert_eq!(last.action, "hive.shutdown");
+        assert_eq!(
+            last.outcome.as_ref().unwrap().code,
+            Code::Unavailable as i32
+        );
+    }
+    let (status, hive) = status.await.unwrap();
+    let status = status.expect("hive exits within the drain timeout");
+    assert!(
+        status.success(),
+        "hive exit {status:?}; log:\n{}",
+        hive.log()
+    );
+    assert!(worker.is_running(), "a hive shutdown never kills workers");
+    drop(running);
+}
+
+/// Waits until the job `job_id` has started on the hive.
+async fn wait_for_job(client: &mut HiveServiceClient<tonic::transport::Channel>, job_id: &str) {
+    client
+        .narrate(NarrateRequest {
+            job_id: job_id.into(),
+            wait_for_start: Some(Duration::from_secs(10).try_into().unwrap()),
+        })
+        .await
+        .unwrap();
+}
