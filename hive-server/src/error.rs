@@ -8,6 +8,7 @@ use crate::{
     catalog::{CatalogError, WorkerName},
     jobs::JobError,
     process::ProcessError,
+    workers::WorkerError,
 };
 
 /// Any error a hive operation returns.
@@ -22,6 +23,9 @@ pub enum Error {
     /// A job could not be started or found.
     #[error(transparent)]
     Job(#[from] JobError),
+    /// An active-worker operation failed.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
     /// A request field is invalid.
     #[error("{0}")]
     InvalidArgument(String),
@@ -63,28 +67,54 @@ impl Error {
     /// Returns the gRPC code for this error.
     pub fn code(&self) -> Code {
         match self {
-            Self::Catalog(error) => match error {
-                CatalogError::InvalidName(_) => Code::InvalidArgument,
-                CatalogError::NotFound { .. } => Code::NotFound,
-                CatalogError::InvalidManifest { .. } => Code::FailedPrecondition,
-                CatalogError::Io { source, .. } => io_code(source),
-            },
-            Self::Process(error) => match error {
-                ProcessError::NotFound { .. } => Code::NotFound,
-                ProcessError::PermissionDenied { .. } => Code::PermissionDenied,
-                ProcessError::Unkillable { .. } => Code::DeadlineExceeded,
-                ProcessError::Os { source, .. } => io_code(source),
-            },
+            Self::Catalog(error) => catalog_code(error),
+            Self::Process(error) => process_code(error),
             Self::Job(error) => match error {
                 JobError::InvalidId(_) => Code::InvalidArgument,
                 JobError::AlreadyExists(_) => Code::AlreadyExists,
                 JobError::NotFound(_) => Code::NotFound,
             },
+            Self::Worker(error) => worker_code(error),
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::BinaryInUse { .. } => Code::FailedPrecondition,
             Self::Overloaded { .. } | Self::TooManyStreams { .. } => Code::ResourceExhausted,
             Self::Internal(_) => Code::Internal,
         }
+    }
+}
+
+fn catalog_code(error: &CatalogError) -> Code {
+    match error {
+        CatalogError::InvalidName(_) => Code::InvalidArgument,
+        CatalogError::NotFound { .. } => Code::NotFound,
+        CatalogError::InvalidManifest { .. } => Code::FailedPrecondition,
+        CatalogError::Io { source, .. } => io_code(source),
+    }
+}
+
+fn process_code(error: &ProcessError) -> Code {
+    match error {
+        ProcessError::NotFound { .. } => Code::NotFound,
+        ProcessError::PermissionDenied { .. } => Code::PermissionDenied,
+        ProcessError::Unkillable { .. } => Code::DeadlineExceeded,
+        ProcessError::Os { source, .. } => io_code(source),
+    }
+}
+
+fn worker_code(error: &WorkerError) -> Code {
+    match error {
+        WorkerError::Catalog(error) => catalog_code(error),
+        WorkerError::Process(error) => process_code(error),
+        WorkerError::InvalidId(_)
+        | WorkerError::InvalidArgument(_)
+        | WorkerError::UnknownDevice { .. } => Code::InvalidArgument,
+        WorkerError::ModelNotFound { .. } | WorkerError::NotFound(_) => Code::NotFound,
+        WorkerError::PortInUse(_) | WorkerError::Template(_) | WorkerError::Launch { .. } => {
+            Code::FailedPrecondition
+        }
+        WorkerError::ExitedDuringStart { .. } => Code::Aborted,
+        WorkerError::NotReady { .. } => Code::DeadlineExceeded,
+        WorkerError::State { .. } => Code::Internal,
     }
 }
 

@@ -10,3 +10,4 @@ pub mod jobs;
 pub mod process;
 pub mod server;
 pub mod service;
+pub mod workers;

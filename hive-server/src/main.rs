@@ -32,6 +32,29 @@ struct Args {
     #[arg(long, env = "RBEE_STATE_DIR")]
     state_dir: Option<PathBuf>,
 
+    /// Directory of models named by catalog name [default: $XDG_CACHE_HOME/rbee/models, else
+    /// ~/.cache/rbee/models].
+    #[arg(long, env = "RBEE_MODEL_DIR")]
+    model_dir: Option<PathBuf>,
+
+    /// Seconds between expected worker heartbeats. A worker is stale after 3 missed intervals
+    /// and lost after 6.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+    heartbeat_interval_secs: f64,
+
+    /// Seconds a spawn waits for its worker to become ready, unless the request sets a timeout.
+    #[arg(long, default_value_t = 60.0, value_parser = positive_seconds)]
+    ready_timeout_secs: f64,
+
+    /// Size in MiB at which a worker's log file is rotated (one older copy is kept).
+    #[arg(long, default_value_t = 10)]
+    worker_log_max_mib: u64,
+
+    /// Stop every worker this hive spawned when the hive shuts down. By default workers keep
+    /// running and the next hive on the same state directory adopts them.
+    #[arg(long)]
+    stop_workers_on_shutdown: bool,
+
     /// Display name of this hive [default: the host name].
     #[arg(long, env = "RBEE_HIVE_NAME")]
     name: Option<String>,
@@ -67,6 +90,14 @@ async fn main() -> anyhow::Result<()> {
             Some(dir) => dir,
             None => xdg_dir("XDG_STATE_HOME", ".local/state", "rbee/hive")?,
         },
+        model_dir: match args.model_dir {
+            Some(dir) => dir,
+            None => xdg_dir("XDG_CACHE_HOME", ".cache", "rbee/models")?,
+        },
+        heartbeat_interval: Duration::from_secs_f64(args.heartbeat_interval_secs),
+        default_ready_timeout: Duration::from_secs_f64(args.ready_timeout_secs),
+        worker_log_max_bytes: args.worker_log_max_mib.max(1) * 1024 * 1024,
+        stop_workers_on_shutdown: args.stop_workers_on_shutdown,
         name: args.name,
         limits: ServiceLimits {
             max_concurrent_requests: args.max_concurrent_requests.max(1),
@@ -108,6 +139,15 @@ fn xdg_dir(xdg_var: &str, fallback: &str, suffix: &str) -> anyhow::Result<PathBu
         .filter(|v| !v.is_empty())
         .context("neither $XDG_* nor $HOME is set; pass the directory explicitly")?;
     Ok(PathBuf::from(home).join(fallback).join(suffix))
+}
+
+fn positive_seconds(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= 86_400.0 => Ok(secs),
+        _ => Err(format!(
+            "{value:?} is not a number of seconds between 0 and 86400"
+        )),
+    }
 }
 
 fn init_tracing(verbose: u8) {

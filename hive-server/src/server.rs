@@ -12,6 +12,7 @@ use crate::{
     host,
     jobs::{JobLimits, Jobs},
     service::{HiveApi, HiveIdentity, ServiceLimits},
+    workers::{Workers, WorkersConfig},
 };
 
 /// Everything a hive needs to start.
@@ -19,8 +20,20 @@ use crate::{
 pub struct HiveConfig {
     /// Worker catalog directory; created if missing.
     pub catalog_dir: PathBuf,
-    /// Directory for the hive's own state (its id); created if missing.
+    /// Directory for the hive's own state (its id, spawned workers and their logs); created if
+    /// missing.
     pub state_dir: PathBuf,
+    /// Directory of models named by catalog name.
+    pub model_dir: PathBuf,
+    /// How often workers are expected to send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Readiness timeout of a spawn that sets none.
+    pub default_ready_timeout: Duration,
+    /// Size at which a worker log is rotated, in bytes.
+    pub worker_log_max_bytes: u64,
+    /// Stop the workers this hive spawned when it shuts down, instead of leaving them running
+    /// for the next hive to adopt.
+    pub stop_workers_on_shutdown: bool,
     /// Display name; the host name when `None`.
     pub name: Option<String>,
     /// Request and stream limits.
@@ -37,6 +50,9 @@ pub enum ServeError {
     /// The catalog directory cannot be used.
     #[error("cannot open the worker catalog: {0}")]
     Catalog(#[from] crate::catalog::CatalogError),
+    /// The worker registry cannot be opened.
+    #[error("cannot open the worker registry: {0}")]
+    Workers(#[from] crate::workers::WorkerError),
     /// The state directory cannot be used.
     #[error("cannot read or create the hive id in {dir}: {source}")]
     State {
@@ -74,6 +90,19 @@ pub async fn serve(
         .clone()
         .unwrap_or_else(|| host::HostFacts::read().hostname);
 
+    let local_addr = listener.local_addr().ok();
+    let workers = Workers::open(
+        WorkersConfig {
+            state_dir: config.state_dir.clone(),
+            model_dir: config.model_dir.clone(),
+            hive_addr: local_addr.map(reachable_address).unwrap_or_default(),
+            heartbeat_interval: config.heartbeat_interval,
+            log_max_bytes: config.worker_log_max_bytes,
+            default_ready_timeout: config.default_ready_timeout,
+        },
+        Arc::clone(&catalog),
+    )?;
+
     let stopping = CancellationToken::new();
     let jobs = Arc::new(Jobs::new(config.job_limits, stopping.clone()));
     let api = HiveApi::new(
@@ -82,9 +111,11 @@ pub async fn serve(
             name: name.clone(),
         },
         Arc::clone(&catalog),
-        jobs,
+        Arc::clone(&jobs),
+        Arc::clone(&workers),
         config.limits,
     );
+    let monitor = tokio::spawn(Arc::clone(&workers).monitor(stopping.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<HiveServiceServer<HiveApi>>().await;
@@ -101,7 +132,7 @@ pub async fn serve(
         hive_id,
         name,
         catalog = %catalog.dir().display(),
-        address = ?listener.local_addr().ok(),
+        address = ?local_addr,
         "hive started"
     );
 
@@ -124,10 +155,31 @@ pub async fn serve(
     tracing::info!(drain_timeout = ?config.drain_timeout, "hive shutting down");
     health.set_not_serving::<HiveServiceServer<HiveApi>>().await;
     stopping.cancel();
+    monitor.abort();
+    if config.stop_workers_on_shutdown {
+        match jobs.start(None, "hive.shutdown", "stopping all workers".to_owned()) {
+            Ok(narrator) => {
+                workers.retire_all(config.drain_timeout, &narrator).await;
+                narrator.finish(crate::jobs::Outcome::ok());
+            }
+            Err(error) => tracing::warn!(%error, "failed to start the shutdown job"),
+        }
+    }
     match tokio::time::timeout(config.drain_timeout, server).await {
         Ok(result) => result?,
         Err(_) => tracing::warn!("requests still running after the drain timeout; exiting"),
     }
     tracing::info!("hive stopped");
     Ok(())
+}
+
+/// Returns an address a local worker can connect to: the listen address, with an unspecified IP
+/// (`0.0.0.0`, `::`) replaced by loopback.
+fn reachable_address(addr: std::net::SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, addr.port()).to_string()
 }

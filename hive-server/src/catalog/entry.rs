@@ -9,7 +9,9 @@ use std::{
     time::SystemTime,
 };
 
-use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{CatalogError, MANIFEST_FILE, WorkerName};
@@ -50,12 +52,17 @@ pub struct WorkerBinary {
     pub source: Option<String>,
     /// Target of a symbolic link entry, as stored in the link.
     pub symlink_target: Option<PathBuf>,
+    /// Manifest of a folder entry; the defaults for other layouts.
+    pub manifest: Manifest,
 }
 
 /// Contents of `manifest.json` in a folder entry. Unknown fields are ignored so that newer hives
 /// can add fields without breaking older ones.
+///
+/// Templates (`command`, `args`, `env` values) may contain `{model}`, `{device}`, `{port}`,
+/// `{worker_id}`, `{hive_addr}` and `{binary}`, replaced at spawn.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Manifest {
     /// Path of the executable relative to the folder; defaults to the entry name.
     pub binary: Option<PathBuf>,
@@ -63,6 +70,26 @@ pub struct Manifest {
     pub version: Option<String>,
     /// Where the binary came from: a URL or a source path.
     pub source: Option<String>,
+    /// Full command line template, for workers run by an interpreter or a program outside the
+    /// catalog (`["python3", "-m", "http.server", "{port}"]`). Replaces `binary` and `args`.
+    pub command: Option<Vec<String>>,
+    /// Argument template for the binary; default
+    /// `["--model", "{model}", "--device", "{device}", "--port", "{port}"]`.
+    pub args: Option<Vec<String>>,
+    /// Extra environment variables, values as templates.
+    pub env: BTreeMap<String, String>,
+    /// How the hive tells that the worker is ready; default: its port accepts connections.
+    pub readiness: Option<Readiness>,
+}
+
+/// Readiness check of a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Readiness {
+    /// The port accepts TCP connections on loopback.
+    Tcp,
+    /// `GET` of this path on the port returns 200.
+    Http(String),
 }
 
 /// Digests already computed, keyed by path and checked against the file's identity, so listing
@@ -108,9 +135,10 @@ pub(super) fn read_file(
         modified_at: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
         executable: metadata.permissions().mode() & 0o111 != 0,
         platform: detect_platform(path)?,
-        version: manifest.version,
-        source: manifest.source,
+        version: manifest.version.clone(),
+        source: manifest.source.clone(),
         symlink_target: None,
+        manifest,
     })
 }
 
@@ -138,6 +166,7 @@ pub(super) fn read_symlink(
                 version: None,
                 source: None,
                 symlink_target: None,
+                manifest: Manifest::default(),
             }
         }
         Err(e) => return Err(e),
@@ -166,6 +195,22 @@ pub(super) fn read_folder(
         Err(e) if e.kind() == io::ErrorKind::NotFound => Manifest::default(),
         Err(e) => return Err(CatalogError::io("read", manifest_path, e)),
     };
+
+    if manifest.binary.is_none()
+        && let Some(command) = &manifest.command
+    {
+        let program = command
+            .first()
+            .ok_or_else(|| CatalogError::InvalidManifest {
+                path: manifest_path.clone(),
+                reason: "`command` is empty".to_owned(),
+            })?;
+        let program = find_program(program).ok_or_else(|| CatalogError::InvalidManifest {
+            path: manifest_path.clone(),
+            reason: format!("program {program:?} of `command` not found on PATH"),
+        })?;
+        return read_file(name, &program, Layout::Directory, Some(manifest), digests).map(Some);
+    }
 
     let relative = manifest
         .binary
@@ -204,6 +249,21 @@ pub(super) fn read_folder(
         digests,
     )
     .map(Some)
+}
+
+/// Finds `program` the way `execvp` would: as given when it contains `/`, else in `$PATH`.
+fn find_program(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return path.is_file().then_some(path);
+    }
+    let search = std::env::var_os("PATH")?;
+    std::env::split_paths(&search)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 fn digest(

@@ -15,7 +15,7 @@ use std::{
     sync::Mutex,
 };
 
-pub use entry::{Layout, Manifest, WorkerBinary};
+pub use entry::{Layout, Manifest, Readiness, WorkerBinary};
 pub use name::{InvalidName, MAX_NAME_BYTES, WorkerName};
 
 use entry::DigestCache;

@@ -9,8 +9,16 @@ pub const MAX_NAME_BYTES: usize = 255;
 ///
 /// A valid name is never a path: it cannot climb out of the catalog directory, name a hidden
 /// file the hive uses for temporary work, or smuggle control characters into logs.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
 pub struct WorkerName(String);
+
+impl<'de> serde::Deserialize<'de> for WorkerName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Self::parse(&name).map_err(serde::de::Error::custom)
+    }
+}
 
 /// A name that [`WorkerName::parse`] rejected, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,17 +1,47 @@
 //! The process table: worker processes found in `/proc`, and stopping them safely.
 //!
-//! A worker process is a process whose executable lives in the catalog. Nothing else counts:
-//! not its name, not its command line.
+//! A worker process is a process whose executable lives in the catalog, or a process the hive
+//! spawned itself (recognized by pid and start time, so an interpreter such as `python3` counts
+//! only for the processes the hive started). Nothing else counts: not a process's name, not its
+//! command line.
 
 mod scan;
 mod stop;
+mod tree;
 
-use std::{io, path::PathBuf, time::SystemTime};
+use std::{collections::HashMap, io, path::PathBuf, time::SystemTime};
 
-pub use scan::{find_worker, list_workers};
-pub use stop::{StopMethod, StoppedProcess, stop_worker};
+pub use scan::{find_worker, has_exited, list_workers, start_ticks};
+pub use stop::{StopMethod, StoppedProcess, kill_group, stop_worker};
 
-use crate::catalog::WorkerName;
+use crate::catalog::{Catalog, WorkerName};
+
+/// A process the hive spawned, as the process table needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spawned {
+    /// Start time in clock ticks after boot, to tell the process from a later one with its pid.
+    pub start_ticks: u64,
+    /// Catalog name of the binary it was spawned from.
+    pub binary: WorkerName,
+    /// Active worker id.
+    pub worker_id: String,
+    /// Model it serves.
+    pub model: String,
+    /// Device it runs on.
+    pub device: String,
+    /// Port it was assigned.
+    pub port: u16,
+}
+
+/// What makes a process a worker process: its executable lives in `catalog`, or it is one of the
+/// `spawned` processes, keyed by pid.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity<'a> {
+    /// The worker catalog.
+    pub catalog: &'a Catalog,
+    /// Processes the hive spawned.
+    pub spawned: &'a HashMap<i32, Spawned>,
+}
 
 /// Errors of process operations.
 #[derive(Debug, thiserror::Error)]
@@ -86,4 +116,7 @@ pub struct WorkerProcess {
     pub rss_bytes: u64,
     /// TCP ports it listens on, sorted and without duplicates.
     pub listening_ports: Vec<u16>,
+    /// What the hive recorded when it spawned the process; `None` for processes found by their
+    /// executable alone.
+    pub spawned: Option<Spawned>,
 }

@@ -12,12 +12,12 @@ use std::{
 
 use procfs::process::{FDTarget, Process};
 
-use super::{ProcessError, WorkerProcess};
-use crate::catalog::{Catalog, WorkerName};
+use super::{Identity, ProcessError, Spawned, WorkerProcess};
+use crate::catalog::WorkerName;
 
 /// Lists the worker processes, optionally only those running `only`, sorted by pid.
 pub fn list_workers(
-    catalog: &Catalog,
+    identity: Identity<'_>,
     only: Option<&WorkerName>,
 ) -> Result<Vec<WorkerProcess>, ProcessError> {
     let clock = Clock::read()?;
@@ -32,14 +32,14 @@ pub fn list_workers(
         let Some(pid) = dir_entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
             continue;
         };
-        let Some((worker_name, exe)) = identify(catalog, pid) else {
+        let Some(found) = identify(identity, pid) else {
             continue;
         };
-        if only.is_some_and(|only| *only != worker_name) {
+        if only.is_some_and(|only| *only != found.worker_name) {
             continue;
         }
         // A process that exits between the two reads is simply not listed.
-        if let Ok(worker) = read_worker(pid, worker_name, exe, &clock) {
+        if let Ok(worker) = read_worker(pid, found, &clock) {
             workers.push(worker);
         }
     }
@@ -51,32 +51,62 @@ pub fn list_workers(
 ///
 /// Fails with [`ProcessError::NotFound`] when the pid does not exist or is not a worker, with
 /// the same message in both cases, so callers learn nothing about non-worker processes.
-pub fn find_worker(catalog: &Catalog, pid: i32) -> Result<WorkerProcess, ProcessError> {
+pub fn find_worker(identity: Identity<'_>, pid: i32) -> Result<WorkerProcess, ProcessError> {
     let not_found = || ProcessError::NotFound { pid };
     if pid <= 0 {
         return Err(not_found());
     }
-    let (worker_name, exe) = identify(catalog, pid).ok_or_else(not_found)?;
+    let found = identify(identity, pid).ok_or_else(not_found)?;
     let clock = Clock::read()?;
-    read_worker(pid, worker_name, exe, &clock).map_err(|_| not_found())
+    read_worker(pid, found, &clock).map_err(|_| not_found())
 }
 
-/// Returns the catalog name and executable of `pid` if it runs a catalog binary.
+/// Why a process is a worker process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Found {
+    pub(super) worker_name: WorkerName,
+    pub(super) exe: PathBuf,
+    pub(super) spawned: Option<Spawned>,
+}
+
+/// Identifies `pid` as a worker process: one the hive spawned (same pid and start time), or one
+/// whose executable is a catalog binary.
 ///
 /// Zombies and kernel threads have no `exe` link, and processes of other users may hide it;
-/// none of them are identified as workers.
-pub(super) fn identify(catalog: &Catalog, pid: i32) -> Option<(WorkerName, PathBuf)> {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    let name = catalog.worker_name_of(&exe)?;
-    Some((name, exe))
+/// none of them are identified by their executable.
+pub(super) fn identify(identity: Identity<'_>, pid: i32) -> Option<Found> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    if let Some(spawned) = identity.spawned.get(&pid)
+        && start_ticks(pid).is_ok_and(|ticks| ticks == spawned.start_ticks)
+    {
+        return Some(Found {
+            worker_name: spawned.binary.clone(),
+            exe: exe.unwrap_or_default(),
+            spawned: Some(spawned.clone()),
+        });
+    }
+    let exe = exe?;
+    let worker_name = identity.catalog.worker_name_of(&exe)?;
+    Some(Found {
+        worker_name,
+        exe,
+        spawned: None,
+    })
 }
 
 /// Reads the start time of `pid` in clock ticks after boot.
-pub(super) fn start_ticks(pid: i32) -> io::Result<u64> {
+pub fn start_ticks(pid: i32) -> io::Result<u64> {
     let stat = Process::new(pid)
         .and_then(|p| p.stat())
         .map_err(proc_error)?;
     Ok(stat.starttime)
+}
+
+/// Returns whether `pid` has exited: it is a zombie waiting to be reaped, or gone.
+pub fn has_exited(pid: i32) -> bool {
+    Process::new(pid)
+        .and_then(|p| p.stat())
+        .map_or(true, |stat| matches!(stat.state, 'Z' | 'X' | 'x'))
 }
 
 /// Reads the raw wait status the kernel keeps for `pid` while it is a zombie, if the process
@@ -90,14 +120,14 @@ pub(super) fn zombie_wait_status(pid: i32, start_ticks: u64) -> Option<i32> {
 }
 
 /// Boot time and clock rate, to turn tick counts into times.
-struct Clock {
+pub(super) struct Clock {
     boot_time: SystemTime,
     ticks_per_second: u64,
     page_size: u64,
 }
 
 impl Clock {
-    fn read() -> Result<Self, ProcessError> {
+    pub(super) fn read() -> Result<Self, ProcessError> {
         let boot_secs = procfs::boot_time_secs().map_err(|e| ProcessError::Os {
             action: "read the boot time from /proc/stat",
             pid: 0,
@@ -115,12 +145,7 @@ impl Clock {
     }
 }
 
-fn read_worker(
-    pid: i32,
-    worker_name: WorkerName,
-    exe: PathBuf,
-    clock: &Clock,
-) -> Result<WorkerProcess, procfs::ProcError> {
+fn read_worker(pid: i32, found: Found, clock: &Clock) -> Result<WorkerProcess, procfs::ProcError> {
     let process = Process::new(pid)?;
     let stat = process.stat()?;
     let argv = process.cmdline()?;
@@ -143,8 +168,8 @@ fn read_worker(
     Ok(WorkerProcess {
         pid,
         ppid: stat.ppid,
-        worker_name,
-        exe,
+        worker_name: found.worker_name,
+        exe: found.exe,
         argv,
         uid,
         user: user_name(uid),
@@ -154,6 +179,7 @@ fn read_worker(
         cpu_percent,
         rss_bytes: stat.rss * clock.page_size,
         listening_ports: listening_ports(&process),
+        spawned: found.spawned,
     })
 }
 
@@ -212,7 +238,7 @@ fn state_name(state: char) -> &'static str {
     }
 }
 
-fn proc_error(error: procfs::ProcError) -> io::Error {
+pub(super) fn proc_error(error: procfs::ProcError) -> io::Error {
     match error {
         procfs::ProcError::NotFound(_) => io::Error::from(io::ErrorKind::NotFound),
         procfs::ProcError::PermissionDenied(_) => io::Error::from(io::ErrorKind::PermissionDenied),

@@ -16,11 +16,8 @@ use rustix::{
 };
 use tokio::io::{Interest, unix::AsyncFd};
 
-use super::{ProcessError, scan};
-use crate::{
-    catalog::{Catalog, WorkerName},
-    jobs::Narrator,
-};
+use super::{Identity, ProcessError, scan, tree};
+use crate::{catalog::WorkerName, jobs::Narrator};
 
 /// How long to wait for a process to disappear after SIGKILL before giving up. The kernel
 /// normally reaps a killed process in milliseconds; only a process stuck in uninterruptible I/O
@@ -55,27 +52,27 @@ pub struct StoppedProcess {
     pub signal: Option<i32>,
     /// Time from the first signal until it was gone.
     pub elapsed: Duration,
+    /// Number of other processes of its tree that were stopped with it.
+    pub other_processes: usize,
 }
 
-/// Stops the worker process `pid`: SIGTERM, then SIGKILL after `grace` (at once when `grace`
-/// is zero).
+/// Stops the worker process `pid` with its descendants and, when it leads its own process
+/// group, the rest of the group: SIGTERM, then SIGKILL after `grace` to whatever is left (at
+/// once when `grace` is zero). Processes forked during the grace period are found again before
+/// SIGKILL.
 ///
 /// The exit status is reported when the process is still a zombie after it exits, which is the
 /// case until its parent reaps it; otherwise it is unknown.
 pub async fn stop_worker(
-    catalog: &Catalog,
+    identity: Identity<'_>,
     pid: i32,
     grace: Duration,
     narrator: &Narrator,
 ) -> Result<StoppedProcess, ProcessError> {
-    let worker = scan::find_worker(catalog, pid)?;
-    let pidfd = open_verified(catalog, &worker.worker_name, pid, worker.start_ticks)?;
-    let pidfd = watch(pidfd).map_err(|source| ProcessError::Os {
-        action: "watch the pidfd",
-        pid,
-        source,
-    })?;
+    let worker = scan::find_worker(identity, pid)?;
+    let leader = open_verified(identity, &worker.worker_name, pid, worker.start_ticks)?;
     let name = &worker.worker_name;
+    let mut members = open_members(tree::members(pid), &[]);
     let started = Instant::now();
 
     let first_signal = if grace.is_zero() {
@@ -83,10 +80,15 @@ pub async fn stop_worker(
     } else {
         Signal::TERM
     };
+    let others = if members.is_empty() {
+        String::new()
+    } else {
+        format!(" and {} processes of its tree", members.len())
+    };
     narrator.info(
         "process.signal",
         format!(
-            "sending {} to worker process {pid} ({name})",
+            "sending {} to worker process {pid} ({name}){others}",
             signal_name(first_signal)
         ),
     );
@@ -95,21 +97,35 @@ pub async fn stop_worker(
     } else {
         StopMethod::Terminated
     };
-    if !send(&pidfd, pid, first_signal)? {
+    if !send(&leader, pid, first_signal)? {
         method = StopMethod::AlreadyExited;
-    } else if !grace.is_zero() && tokio::time::timeout(grace, exited(&pidfd)).await.is_err() {
+    }
+    signal_members(&members, first_signal);
+
+    if !grace.is_zero()
+        && tokio::time::timeout(grace, all_exited(&leader, &members))
+            .await
+            .is_err()
+    {
+        // Children forked during the grace period are part of the tree too.
+        let known: Vec<i32> = members.iter().map(|m| m.pid).collect();
+        members.extend(open_members(tree::members(pid), &known));
         narrator.warn(
             "process.signal",
             format!(
-                "worker process {pid} still running after the {}s grace period; sending SIGKILL",
+                "worker process {pid} or its children still running after the {}s grace \
+                 period; sending SIGKILL",
                 grace.as_secs_f64()
             ),
         );
-        method = StopMethod::KilledAfterGrace;
-        send(&pidfd, pid, Signal::KILL)?;
+        if method != StopMethod::AlreadyExited {
+            method = StopMethod::KilledAfterGrace;
+        }
+        send(&leader, pid, Signal::KILL)?;
+        signal_members(&members, Signal::KILL);
     }
 
-    if tokio::time::timeout(KILL_WAIT, exited(&pidfd))
+    if tokio::time::timeout(KILL_WAIT, all_exited(&leader, &members))
         .await
         .is_err()
     {
@@ -133,7 +149,15 @@ pub async fn stop_worker(
             elapsed.as_secs_f64()
         ),
     );
-    tracing::info!(pid, worker = %name, ?method, ?exit_code, ?signal, "worker process stopped");
+    tracing::info!(
+        pid,
+        worker = %name,
+        ?method,
+        ?exit_code,
+        ?signal,
+        other_processes = members.len(),
+        "worker process stopped"
+    );
 
     Ok(StoppedProcess {
         pid,
@@ -142,18 +166,59 @@ pub async fn stop_worker(
         exit_code,
         signal,
         elapsed,
+        other_processes: members.len(),
     })
+}
+
+/// A process of a worker's tree with a pidfd that is known to refer to it.
+struct OpenMember {
+    pid: i32,
+    pidfd: AsyncFd<OwnedFd>,
+}
+
+/// Opens pidfds for `members` not in `known`, keeping only those whose start time still matches
+/// after opening; the others exited and their pids may belong to someone else now.
+fn open_members(members: Vec<tree::Member>, known: &[i32]) -> Vec<OpenMember> {
+    members
+        .into_iter()
+        .filter(|member| !known.contains(&member.pid))
+        .filter_map(|member| {
+            let raw = Pid::from_raw(member.pid)?;
+            let pidfd = rustix::process::pidfd_open(raw, PidfdFlags::empty()).ok()?;
+            let same = scan::start_ticks(member.pid).is_ok_and(|t| t == member.start_ticks);
+            let pidfd = watch(pidfd).ok().filter(|_| same)?;
+            Some(OpenMember {
+                pid: member.pid,
+                pidfd,
+            })
+        })
+        .collect()
+}
+
+fn signal_members(members: &[OpenMember], signal: Signal) {
+    for member in members {
+        if let Err(error) = send(&member.pidfd, member.pid, signal) {
+            tracing::warn!(pid = member.pid, %error, "failed to signal a process of a worker tree");
+        }
+    }
+}
+
+async fn all_exited(leader: &AsyncFd<OwnedFd>, members: &[OpenMember]) {
+    exited(leader).await;
+    for member in members {
+        exited(&member.pidfd).await;
+    }
 }
 
 /// Opens a pidfd for `pid` and checks, after opening, that it refers to the worker found
 /// earlier. Checking after opening closes the race: the pidfd cannot change process, and the
 /// process behind the pid matched the worker's start time while the pidfd already held it.
 fn open_verified(
-    catalog: &Catalog,
+    identity: Identity<'_>,
     name: &WorkerName,
     pid: i32,
     start_ticks: u64,
-) -> Result<OwnedFd, ProcessError> {
+) -> Result<AsyncFd<OwnedFd>, ProcessError> {
     let not_found = || ProcessError::NotFound { pid };
     let raw_pid = Pid::from_raw(pid).ok_or_else(not_found)?;
     let pidfd = rustix::process::pidfd_open(raw_pid, PidfdFlags::empty()).map_err(|errno| {
@@ -169,11 +234,26 @@ fn open_verified(
     })?;
 
     let same_start = scan::start_ticks(pid).is_ok_and(|ticks| ticks == start_ticks);
-    let same_binary = scan::identify(catalog, pid).is_some_and(|(found, _)| found == *name);
-    if same_start && same_binary {
-        Ok(pidfd)
-    } else {
-        Err(not_found())
+    let same_binary = scan::identify(identity, pid).is_some_and(|found| found.worker_name == *name);
+    if !(same_start && same_binary) {
+        return Err(not_found());
+    }
+    watch(pidfd).map_err(|source| ProcessError::Os {
+        action: "watch the pidfd",
+        pid,
+        source,
+    })
+}
+
+/// Sends SIGKILL to the process group `pgid`.
+///
+/// Only for a group the caller owns for certain: one led by its own child that it has not reaped
+/// yet, so the group id cannot have been reused.
+pub fn kill_group(pgid: i32) {
+    let group = nix::unistd::Pid::from_raw(pgid);
+    match nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(error) => tracing::warn!(pgid, %error, "failed to kill a process group"),
     }
 }
 

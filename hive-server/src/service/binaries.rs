@@ -2,7 +2,7 @@
 
 use rbee_proto::v1 as proto;
 
-use super::{HiveApi, blocking, processes::stopped_to_proto};
+use super::{HiveApi, blocking, processes::stopped_to_proto, with_identity};
 use crate::{
     catalog::{Layout, WorkerBinary, WorkerName},
     error::Error,
@@ -52,12 +52,14 @@ impl HiveApi {
         request: proto::DeleteWorkerBinaryRequest,
     ) -> Result<proto::DeleteWorkerBinaryResponse, Error> {
         let name = WorkerName::parse(&request.name).map_err(crate::catalog::CatalogError::from)?;
-        let catalog = self.catalog();
+        let registry = self.workers();
         let running = {
             let name = name.clone();
             blocking(move || {
-                catalog.get(&name)?;
-                Ok(process::list_workers(&catalog, Some(&name))?)
+                registry.catalog().get(&name)?;
+                Ok(with_identity(&registry, |identity| {
+                    process::list_workers(identity, Some(&name))
+                })?)
             })
             .await?
         };
@@ -72,11 +74,18 @@ impl HiveApi {
                 "binary.delete",
                 format!("stopping {} worker processes of {name} first", pids.len()),
             );
+            let workers = &self.shared.workers;
+            let spawned = workers.spawned();
+            let identity = process::Identity {
+                catalog: workers.catalog(),
+                spawned: &spawned,
+            };
             for pid in pids {
-                match process::stop_worker(&self.shared.catalog, pid, FORCED_DELETE_GRACE, narrator)
-                    .await
-                {
-                    Ok(process) => stopped.push(stopped_to_proto(process)),
+                match process::stop_worker(identity, pid, FORCED_DELETE_GRACE, narrator).await {
+                    Ok(process) => {
+                        workers.forget_process(pid)?;
+                        stopped.push(stopped_to_proto(process));
+                    }
                     // Exited on its own in the meantime: nothing left to stop.
                     Err(ProcessError::NotFound { .. }) => {}
                     Err(error) => return Err(error.into()),

@@ -4,6 +4,7 @@
 //! the handler in the file of its noun does the work, and [`HiveApi::finish`] records the
 //! outcome and turns it into the response or the error status.
 
+mod active_workers;
 mod binaries;
 mod hive_info;
 mod narration;
@@ -25,6 +26,8 @@ use crate::{
     error::Error,
     host::HostFacts,
     jobs::{JobId, Jobs, Narrator, Outcome},
+    process::Identity,
+    workers::Workers,
 };
 
 /// Limits on the work a hive accepts at once.
@@ -62,6 +65,7 @@ struct Shared {
     cpu_model: String,
     catalog: Arc<Catalog>,
     jobs: Arc<Jobs>,
+    workers: Arc<Workers>,
     started: Instant,
     started_at: SystemTime,
     limits: ServiceLimits,
@@ -82,11 +86,12 @@ struct RunningJob {
 }
 
 impl HiveApi {
-    /// Creates the service over a catalog and a job registry.
+    /// Creates the service over a catalog, a job registry and the active workers.
     pub fn new(
         identity: HiveIdentity,
         catalog: Arc<Catalog>,
         jobs: Arc<Jobs>,
+        workers: Arc<Workers>,
         limits: ServiceLimits,
     ) -> Self {
         Self {
@@ -96,6 +101,7 @@ impl HiveApi {
                 cpu_model: crate::host::cpu_model(),
                 catalog,
                 jobs,
+                workers,
                 started: Instant::now(),
                 started_at: SystemTime::now(),
                 limits,
@@ -158,6 +164,20 @@ impl HiveApi {
     fn catalog(&self) -> Arc<Catalog> {
         Arc::clone(&self.shared.catalog)
     }
+
+    fn workers(&self) -> Arc<Workers> {
+        Arc::clone(&self.shared.workers)
+    }
+}
+
+/// Runs `work` with the current identity of worker processes: catalog binaries, plus the
+/// processes this hive spawned.
+fn with_identity<T>(workers: &Workers, work: impl FnOnce(Identity<'_>) -> T) -> T {
+    let spawned = workers.spawned();
+    work(Identity {
+        catalog: workers.catalog(),
+        spawned: &spawned,
+    })
 }
 
 /// Runs blocking file system or `/proc` work off the async threads.
@@ -283,6 +303,62 @@ impl HiveService for HiveApi {
         let message = format!("stopping worker process {}", request.pid);
         let job = self.begin(&request.job_id, "process.delete", message)?;
         let result = self.delete_process(&job.narrator, request).await;
+        self.finish(job, result)
+    }
+
+    async fn spawn_worker(
+        &self,
+        request: Request<proto::SpawnWorkerRequest>,
+    ) -> Result<Response<proto::SpawnWorkerResponse>, Status> {
+        let request = request.into_inner();
+        let message = format!("spawning a worker from {:?}", shorten(&request.binary));
+        let job = self.begin(&request.job_id, "worker.spawn", message)?;
+        let result = self.spawn(&job.narrator, request).await;
+        self.finish(job, result)
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        // Heartbeats are frequent bookkeeping, not operations, so they run without a job.
+        let response = self.record_heartbeat(request.into_inner())?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_active_workers(
+        &self,
+        request: Request<proto::ListActiveWorkersRequest>,
+    ) -> Result<Response<proto::ListActiveWorkersResponse>, Status> {
+        let request = request.into_inner();
+        let job = self.begin(
+            &request.job_id,
+            "worker.list",
+            "listing active workers".into(),
+        )?;
+        let result = self.list_active(&job.narrator);
+        self.finish(job, result)
+    }
+
+    async fn get_active_worker(
+        &self,
+        request: Request<proto::GetActiveWorkerRequest>,
+    ) -> Result<Response<proto::GetActiveWorkerResponse>, Status> {
+        let request = request.into_inner();
+        let message = format!("reading active worker {:?}", shorten(&request.worker_id));
+        let job = self.begin(&request.job_id, "worker.get", message)?;
+        let result = self.get_active(&job.narrator, request);
+        self.finish(job, result)
+    }
+
+    async fn retire_active_worker(
+        &self,
+        request: Request<proto::RetireActiveWorkerRequest>,
+    ) -> Result<Response<proto::RetireActiveWorkerResponse>, Status> {
+        let request = request.into_inner();
+        let message = format!("retiring active worker {:?}", shorten(&request.worker_id));
+        let job = self.begin(&request.job_id, "worker.retire", message)?;
+        let result = self.retire(&job.narrator, request).await;
         self.finish(job, result)
     }
 

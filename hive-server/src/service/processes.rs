@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rbee_proto::v1 as proto;
 
-use super::{HiveApi, blocking, proto_duration, request_duration};
+use super::{HiveApi, blocking, proto_duration, request_duration, with_identity};
 use crate::{
     catalog::{CatalogError, WorkerName},
     error::Error,
@@ -13,10 +13,10 @@ use crate::{
 };
 
 /// Grace period between SIGTERM and SIGKILL when the request gives none.
-const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+pub(super) const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
 /// Longest grace period a request may ask for.
-const MAX_GRACE: Duration = Duration::from_secs(3600);
+pub(super) const MAX_GRACE: Duration = Duration::from_secs(3600);
 
 impl HiveApi {
     pub(super) async fn list_processes(
@@ -29,8 +29,13 @@ impl HiveApi {
         } else {
             Some(WorkerName::parse(&request.worker_name).map_err(CatalogError::from)?)
         };
-        let catalog = self.catalog();
-        let workers = blocking(move || Ok(process::list_workers(&catalog, only.as_ref())?)).await?;
+        let registry = self.workers();
+        let workers = blocking(move || {
+            Ok(with_identity(&registry, |identity| {
+                process::list_workers(identity, only.as_ref())
+            })?)
+        })
+        .await?;
         narrator.info(
             "process.list",
             format!("found {} worker processes", workers.len()),
@@ -47,8 +52,13 @@ impl HiveApi {
         request: proto::GetWorkerProcessRequest,
     ) -> Result<proto::GetWorkerProcessResponse, Error> {
         let pid = valid_pid(request.pid)?;
-        let catalog = self.catalog();
-        let worker = blocking(move || Ok(process::find_worker(&catalog, pid)?)).await?;
+        let registry = self.workers();
+        let worker = blocking(move || {
+            Ok(with_identity(&registry, |identity| {
+                process::find_worker(identity, pid)
+            })?)
+        })
+        .await?;
         Ok(proto::GetWorkerProcessResponse {
             job_id: narrator.job_id().to_string(),
             process: Some(process_to_proto(worker)),
@@ -67,7 +77,14 @@ impl HiveApi {
             DEFAULT_GRACE,
             MAX_GRACE,
         )?;
-        let stopped = process::stop_worker(&self.shared.catalog, pid, grace, narrator).await?;
+        let workers = &self.shared.workers;
+        let spawned = workers.spawned();
+        let identity = process::Identity {
+            catalog: workers.catalog(),
+            spawned: &spawned,
+        };
+        let stopped = process::stop_worker(identity, pid, grace, narrator).await?;
+        workers.forget_process(pid)?;
         Ok(proto::DeleteWorkerProcessResponse {
             job_id: narrator.job_id().to_string(),
             stopped: Some(stopped_to_proto(stopped)),
@@ -86,6 +103,14 @@ fn valid_pid(pid: i32) -> Result<i32, Error> {
 }
 
 fn process_to_proto(worker: WorkerProcess) -> proto::WorkerProcess {
+    let spawned = worker.spawned.unwrap_or_else(|| process::Spawned {
+        start_ticks: 0,
+        binary: worker.worker_name.clone(),
+        worker_id: String::new(),
+        model: String::new(),
+        device: String::new(),
+        port: 0,
+    });
     proto::WorkerProcess {
         pid: worker.pid,
         ppid: worker.ppid,
@@ -99,6 +124,10 @@ fn process_to_proto(worker: WorkerProcess) -> proto::WorkerProcess {
         cpu_percent: worker.cpu_percent,
         rss_bytes: worker.rss_bytes,
         listening_ports: worker.listening_ports.into_iter().map(u32::from).collect(),
+        worker_id: spawned.worker_id,
+        model: spawned.model,
+        device: spawned.device,
+        port: u32::from(spawned.port),
     }
 }
 
@@ -116,5 +145,6 @@ pub(super) fn stopped_to_proto(stopped: StoppedProcess) -> proto::StoppedProcess
         exit_code: stopped.exit_code,
         signal: stopped.signal,
         elapsed: Some(proto_duration(stopped.elapsed)),
+        other_processes: u32::try_from(stopped.other_processes).unwrap_or(u32::MAX),
     }
 }
