@@ -1,0 +1,455 @@
+//! Command-line definitions of `rbee`: global targeting and output flags, and one subcommand
+//! per verb. Parsing and validation of single values live here too, so that invalid input is
+//! rejected with exit status 2 before any hive is contacted.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
+
+/// Maximum length of a worker binary name, in bytes: the usual file name limit.
+const MAX_WORKER_NAME_BYTES: usize = 255;
+
+/// Maximum length of a job id that a hive accepts, in bytes.
+const MAX_JOB_ID_BYTES: usize = 128;
+
+/// Maximum grace period between SIGTERM and SIGKILL that a hive accepts.
+pub const MAX_GRACE: Duration = Duration::from_secs(3600);
+
+const LONG_ABOUT: &str = "\
+rbee drives the hives of a fleet: every command goes to one, several or all hives at once, \
+and every targeted hive gets its own result row.
+
+Hives are chosen with --hive NAME[,NAME...] (names from the hives file, or HOST:PORT \
+addresses) or --all; without either, rbee talks to `localhost`. The hives file is TOML:
+
+    [hives.gpu1]
+    address = \"10.0.0.5:7835\"
+
+`localhost` is built in: the hive `rbee hive start` runs, else 127.0.0.1:7835.";
+
+const AFTER_LONG_HELP: &str = "\
+Exit status:
+  0    every targeted hive succeeded
+  1    local failure, such as an unreadable state file or a missing rbee-hive binary
+  2    usage error or invalid input, found before any request was sent
+  3    partial failure: some targeted hives failed, the others succeeded
+  4    total failure: every targeted hive failed
+  130  interrupted (Ctrl-C): in-flight requests were cancelled
+
+With --output json, stdout is one JSON document:
+  {\"results\": [{\"hive\", \"address\", \"outcome\", \"job_id\"?, \"code\"?, \"error\"?, \"data\"?}]}
+where outcome is \"ok\", \"unreachable\", \"timeout\" or \"error\" (a gRPC error, named by \
+code). The keeper-client README documents every field.";
+
+/// The operator's CLI for a fleet of rbee hives.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rbee",
+    version,
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Flags that apply to every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted anywhere on the command line.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// Hives to target: comma-separated names from the hives file or HOST:PORT addresses
+    /// [default: localhost]
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        value_name = "HIVE",
+        env = "RBEE_HIVE",
+        conflicts_with = "all"
+    )]
+    pub hive: Vec<String>,
+
+    /// Target every hive of the hives file
+    #[arg(long, global = true)]
+    pub all: bool,
+
+    /// Hives file to read [default: $XDG_CONFIG_HOME/rbee/hives.toml, else
+    /// ~/.config/rbee/hives.toml]
+    #[arg(long, global = true, value_name = "FILE", env = "RBEE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Format of the results on stdout
+    #[arg(long, short, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Maximum number of hives contacted at the same time
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        default_value_t = 32,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub fanout: u16,
+
+    /// Time allowed to connect to one hive, for example 500ms or 3s
+    #[arg(
+        long,
+        global = true,
+        value_name = "DURATION",
+        default_value = "3s",
+        value_parser = parse_timeout
+    )]
+    pub connect_timeout: Duration,
+
+    /// Time allowed for the whole call to one hive, connecting included, for example 30s or 2m
+    /// [default: 30s. For `worker process delete`: the grace period plus 10s when longer. For
+    /// `job follow`: no limit. For the health checks of `hive list` and `hive status`: the
+    /// connect timeout]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+
+    /// Hide the live narration of jobs on stderr
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    /// Log more to stderr: -v info, -vv debug, -vvv trace (RUST_LOG overrides)
+    #[arg(long, short, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Format of the results written to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people: sizes, durations and times made readable
+    Table,
+    /// One JSON document with exact values, for scripts
+    Json,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage worker binaries and worker processes on hives
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+
+    /// Describe hives, and start, stop and check the local hive
+    #[command(subcommand)]
+    Hive(HiveCommand),
+
+    /// Follow the jobs that hives run
+    #[command(subcommand)]
+    Job(JobCommand),
+
+    /// Print a shell completion script to stdout
+    Completions(CompletionsArgs),
+}
+
+/// `rbee worker ...`
+#[derive(Debug, Subcommand)]
+pub enum WorkerCommand {
+    /// Worker binaries: the executables in each hive's worker catalog
+    #[command(subcommand)]
+    Binary(WorkerBinaryCommand),
+
+    /// Worker processes: running worker binaries
+    #[command(subcommand)]
+    Process(WorkerProcessCommand),
+}
+
+/// `rbee worker binary ...`
+#[derive(Debug, Subcommand)]
+pub enum WorkerBinaryCommand {
+    /// List the worker binaries of each hive's catalog
+    #[command(visible_alias = "ls")]
+    List,
+
+    /// Show one worker binary
+    Get {
+        /// Catalog name of the worker binary
+        #[arg(value_parser = parse_worker_name)]
+        name: String,
+    },
+
+    /// Remove a worker binary from the catalog
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Catalog name of the worker binary
+        #[arg(value_parser = parse_worker_name)]
+        name: String,
+
+        /// Stop the worker processes running this binary first, instead of failing
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `rbee worker process ...`
+#[derive(Debug, Subcommand)]
+pub enum WorkerProcessCommand {
+    /// List the worker processes running on each hive
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only processes of this worker binary (catalog name)
+        #[arg(long, value_name = "NAME", value_parser = parse_worker_name)]
+        worker: Option<String>,
+    },
+
+    /// Show one worker process
+    Get {
+        /// Process id of the worker process
+        #[arg(value_parser = clap::value_parser!(i32).range(1..))]
+        pid: i32,
+    },
+
+    /// Stop a worker process: SIGTERM, then SIGKILL once the grace period has passed
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Process id of the worker process
+        #[arg(value_parser = clap::value_parser!(i32).range(1..))]
+        pid: i32,
+
+        /// Time between SIGTERM and SIGKILL, in seconds or with a unit (500ms, 2m); 0 sends
+        /// SIGKILL at once; at most 1h [default: the hive's, 5s]
+        #[arg(long, value_name = "SECS", value_parser = parse_grace)]
+        grace: Option<Duration>,
+    },
+}
+
+/// `rbee hive ...`
+#[derive(Debug, Subcommand)]
+pub enum HiveCommand {
+    /// Describe each hive: identity, host, devices and catalog location
+    Info,
+
+    /// List the hives of the hives file and probe whether each responds
+    #[command(visible_alias = "ls")]
+    List,
+
+    /// Start a hive on this machine in the background and wait, at most --timeout, until it is
+    /// healthy
+    Start(HiveStartArgs),
+
+    /// Stop the hive that `rbee hive start` started: SIGTERM, then wait at most --timeout for
+    /// it to exit
+    Stop,
+
+    /// Show whether the hive that `rbee hive start` started is running and healthy
+    Status,
+}
+
+/// `rbee hive start` options.
+#[derive(Debug, Args)]
+pub struct HiveStartArgs {
+    /// Address the hive listens on; port 0 lets the system pick a free port
+    #[arg(long, value_name = "ADDR", default_value = rbee_proto::DEFAULT_HIVE_ADDR)]
+    pub listen: SocketAddr,
+
+    /// Worker catalog directory of the hive [default: $XDG_CACHE_HOME/rbee/workers, else
+    /// ~/.cache/rbee/workers]
+    #[arg(long, value_name = "DIR")]
+    pub catalog_dir: Option<PathBuf>,
+
+    /// Display name of the hive [default: the host name]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// The rbee-hive executable to run [default: the one next to rbee, else the first on PATH]
+    #[arg(long, value_name = "FILE", env = "RBEE_HIVE_BIN")]
+    pub hive_binary: Option<PathBuf>,
+}
+
+/// `rbee job ...`
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Print the narration of a job, live until it ends, and exit with its outcome
+    Follow {
+        /// Id of the job, as shown in JSON results and error messages
+        #[arg(value_parser = parse_job_id)]
+        job_id: String,
+
+        /// How long to wait for a job that has not started yet, for example 10s [default: 0,
+        /// fail at once when the hive does not know the job]
+        #[arg(long, value_name = "DURATION", value_parser = parse_wait_for_start)]
+        wait_for_start: Option<Duration>,
+    },
+}
+
+/// `rbee completions` arguments.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// Shell to generate the completion script for
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// Parses a duration: a number of seconds (`30`, `1.5`) or a number with one of the units
+/// `ms`, `s`, `m` or `h` (`500ms`, `2m`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "invalid duration {text:?}: unknown unit {other:?}, use ms, s, m or h"
+            ));
+        }
+    };
+    let value: f64 = number.parse().map_err(|_| {
+        format!("invalid duration {text:?}: expected a number such as 30, 1.5s or 500ms")
+    })?;
+
+    Duration::try_from_secs_f64(value * scale)
+        .map_err(|_| format!("invalid duration {text:?}: out of range"))
+}
+
+/// Parses a timeout, which must be longer than zero.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if timeout.is_zero() {
+        return Err("a timeout must be longer than zero".to_owned());
+    }
+    Ok(timeout)
+}
+
+/// Parses a grace period: zero to one hour.
+fn parse_grace(text: &str) -> Result<Duration, String> {
+    let grace = parse_duration(text)?;
+    if grace > MAX_GRACE {
+        return Err(format!(
+            "grace period {text:?} is longer than the maximum of 1h"
+        ));
+    }
+    Ok(grace)
+}
+
+/// Parses the wait for a job to start: at most 60 seconds, the hive's limit.
+fn parse_wait_for_start(text: &str) -> Result<Duration, String> {
+    let wait = parse_duration(text)?;
+    if wait > Duration::from_secs(60) {
+        return Err(format!("wait {text:?} is longer than the maximum of 60s"));
+    }
+    Ok(wait)
+}
+
+/// Checks a worker binary's catalog name: one visible file name, as the hive requires.
+pub fn parse_worker_name(name: &str) -> Result<String, String> {
+    let reason = if name.is_empty() {
+        Some("it is empty")
+    } else if name == "." || name == ".." {
+        Some("`.` and `..` are not names")
+    } else if name.len() > MAX_WORKER_NAME_BYTES {
+        Some("it is longer than 255 bytes")
+    } else if name.contains('/') {
+        Some("it contains `/`")
+    } else if name.chars().any(char::is_control) {
+        Some("it contains a control character")
+    } else if name.starts_with('.') {
+        Some("it starts with `.`")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(format!("invalid worker name {name:?}: {reason}")),
+        None => Ok(name.to_owned()),
+    }
+}
+
+/// Checks a job id: 1 to 128 ASCII letters, digits, `-`, `_`, `.` or `:`.
+fn parse_job_id(id: &str) -> Result<String, String> {
+    let valid = !id.is_empty()
+        && id.len() <= MAX_JOB_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if valid {
+        Ok(id.to_owned())
+    } else {
+        Err(format!(
+            "invalid job id {id:?}: use 1 to 128 ASCII letters, digits, `-`, `_`, `.` or `:`"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duration_accepts_units_and_bare_seconds() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn duration_rejects_garbage() {
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("5 days").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn timeout_rejects_zero() {
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("0ms").is_err());
+    }
+
+    #[test]
+    fn grace_allows_zero_up_to_one_hour() {
+        assert_eq!(parse_grace("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_grace("1h"), Ok(MAX_GRACE));
+        assert!(parse_grace("3601").is_err());
+    }
+
+    #[test]
+    fn worker_name_rejects_paths_and_hidden_files() {
+        assert!(parse_worker_name("llm-cpu").is_ok());
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            ".hidden",
+            "tab\there",
+            &"x".repeat(256),
+        ] {
+            assert!(parse_worker_name(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn job_id_allows_generated_ids_only_safe_bytes() {
+        assert!(parse_job_id("job-0b6f7c2e-2a53-4d4c-9d7e-1f0e2b9c8a11").is_ok());
+        assert!(parse_job_id("").is_err());
+        assert!(parse_job_id("job 1").is_err());
+        assert!(parse_job_id(&"j".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

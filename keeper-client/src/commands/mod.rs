@@ -1,0 +1,108 @@
+//! One module per verb group. Each builds its requests, fans them out through [`Context`] and
+//! renders the per-hive results.
+
+pub mod completions;
+pub mod hive;
+pub mod job;
+pub mod worker_binary;
+pub mod worker_process;
+
+use std::{future::Future, time::Duration};
+
+use crate::{
+    cli::{GlobalArgs, OutputFormat},
+    config::{Config, HiveTarget},
+    fanout::{self, Call, CallMode, FanoutOptions, HiveResult},
+    local_hive,
+    render::narration::Narrator,
+};
+
+/// Call timeout when `--timeout` is not given.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Input the user must correct; reported with exit status 2 before any request is sent.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Targets, limits, output format and narration that every fan-out command needs.
+pub struct Context {
+    /// Format of stdout.
+    pub output: OutputFormat,
+    /// Hives to call, in the order given.
+    pub targets: Vec<HiveTarget>,
+    /// Concurrency and time limits.
+    pub fanout: FanoutOptions,
+    /// Live narration on stderr, unless `--quiet`.
+    pub narrator: Option<Narrator>,
+}
+
+impl Context {
+    /// Resolves the targeted hives from the hives file and the global flags.
+    pub fn new(global: &GlobalArgs, timeout: Option<Duration>) -> Result<Self, anyhow::Error> {
+        let config = Config::load(global.config.as_deref())?;
+        let targets = if global.all {
+            config.all_hives(localhost_address)
+        } else {
+            config.resolve(&global.hive, localhost_address)?
+        };
+        Ok(Self::with_targets(global, targets, timeout))
+    }
+
+    /// Builds a context for the given hives.
+    pub fn with_targets(
+        global: &GlobalArgs,
+        targets: Vec<HiveTarget>,
+        timeout: Option<Duration>,
+    ) -> Self {
+        let narrator =
+            (!global.quiet).then(|| Narrator::new(targets.len() > 1, global.verbose >= 2));
+        Self {
+            output: global.output,
+            fanout: FanoutOptions {
+                concurrency: usize::from(global.fanout),
+                connect_timeout: global.connect_timeout,
+                timeout,
+            },
+            targets,
+            narrator,
+        }
+    }
+
+    /// Runs a hive operation on every target as a job, with live narration.
+    pub async fn run_jobs<T, F, Fut>(&self, call: F) -> Vec<HiveResult<T>>
+    where
+        F: Fn(Call) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let mode = CallMode::Job(self.narrator.as_ref());
+        let results = fanout::fan_out(&self.targets, &self.fanout, mode, call).await;
+        if let Some(narrator) = &self.narrator {
+            narrator.finish();
+        }
+        results
+    }
+
+    /// Runs a call that is not a job, such as a health check, on every target.
+    pub async fn run_plain<T, F, Fut>(&self, call: F) -> Vec<HiveResult<T>>
+    where
+        F: Fn(Call) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        fanout::fan_out(&self.targets, &self.fanout, CallMode::Plain, call).await
+    }
+}
+
+/// Address of the built-in `localhost`: the hive `rbee hive start` runs, else the default.
+pub fn localhost_address() -> String {
+    local_hive::running_address().unwrap_or_else(|| rbee_proto::DEFAULT_HIVE_ADDR.to_owned())
+}
+
+/// Plural helper for summaries: `1 worker binary`, `3 worker binaries`.
+pub fn count(n: usize, singular: &str, plural: &str) -> String {
+    if n == 1 {
+        format!("1 {singular}")
+    } else {
+        format!("{n} {plural}")
+    }
+}
