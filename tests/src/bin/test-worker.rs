@@ -119,6 +119,10 @@ fn listen(port: u16) -> TcpListener {
 }
 
 /// Starts a copy of this program that ignores SIGTERM, in this process group or a new one.
+///
+/// The child is never waited for: it runs as long as this process, and whoever stops the worker
+/// stops it too, which is what the tests check.
+#[allow(clippy::zombie_processes)]
 fn start_child(own_group: bool) {
     let exe = std::env::current_exe().unwrap_or_else(|e| fail(&format!("no own path: {e}")));
     let mut command = Command::new(exe);
