@@ -73,6 +73,7 @@ impl Error {
                 JobError::InvalidId(_) => Code::InvalidArgument,
                 JobError::AlreadyExists(_) => Code::AlreadyExists,
                 JobError::NotFound(_) => Code::NotFound,
+                JobError::ShuttingDown => Code::Unavailable,
             },
             Self::Worker(error) => worker_code(error),
             Self::InvalidArgument(_) => Code::InvalidArgument,
@@ -87,7 +88,7 @@ fn catalog_code(error: &CatalogError) -> Code {
     match error {
         CatalogError::InvalidName(_) => Code::InvalidArgument,
         CatalogError::NotFound { .. } => Code::NotFound,
-        CatalogError::InvalidManifest { .. } => Code::FailedPrecondition,
+        CatalogError::Unusable { .. } => Code::FailedPrecondition,
         CatalogError::Io { source, .. } => io_code(source),
     }
 }

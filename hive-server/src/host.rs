@@ -4,7 +4,7 @@ use std::{
     io,
     path::Path,
     process::Stdio,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 /// File in the state directory that keeps the hive id across restarts.
@@ -96,15 +96,41 @@ fn parse_meminfo(meminfo: &str) -> Memory {
 
 /// Lists the devices of this machine: `cpu`, then one `cuda:N` per NVIDIA GPU that
 /// `nvidia-smi` reports. Without `nvidia-smi`, or when it fails, only `cpu` is listed.
-pub async fn devices(memory: Memory, cpu_name: &str) -> Vec<Device> {
+pub async fn devices(memory: Memory, cpu_name: &str, gpus: &GpuCache) -> Vec<Device> {
     let mut devices = vec![Device {
         id: "cpu".to_owned(),
         name: cpu_name.to_owned(),
         memory_total_bytes: memory.total_bytes,
         memory_free_bytes: memory.available_bytes,
     }];
-    devices.extend(nvidia_gpus().await);
+    devices.extend(gpus.gpus().await);
     devices
+}
+
+/// The GPUs `nvidia-smi` last reported, reused for a few seconds because running it takes tens
+/// of milliseconds and GPUs rarely change.
+#[derive(Debug, Default)]
+pub struct GpuCache {
+    last: tokio::sync::Mutex<Option<(Instant, Vec<Device>)>>,
+}
+
+impl GpuCache {
+    /// How long a report is reused; free memory in it may be this old.
+    const FRESH_FOR: Duration = Duration::from_secs(5);
+
+    /// Returns the GPUs, asking `nvidia-smi` when the last report is stale. Concurrent callers
+    /// share one run.
+    pub async fn gpus(&self) -> Vec<Device> {
+        let mut last = self.last.lock().await;
+        if let Some((at, gpus)) = &*last
+            && at.elapsed() < Self::FRESH_FOR
+        {
+            return gpus.clone();
+        }
+        let gpus = nvidia_gpus().await;
+        *last = Some((Instant::now(), gpus.clone()));
+        gpus
+    }
 }
 
 /// Reads the CPU model name from `/proc/cpuinfo`.

@@ -76,11 +76,18 @@ struct Args {
     verbose: u8,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.verbose);
 
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    let result = runtime.block_on(run(args));
+    // A blocking task stuck on a slow file system must not keep a stopped hive alive.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let config = HiveConfig {
         catalog_dir: match args.catalog_dir {
             Some(dir) => dir,

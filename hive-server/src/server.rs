@@ -4,7 +4,7 @@ use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 
 use rbee_proto::v1::hive_service_server::HiveServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -142,7 +142,15 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(HiveServiceServer::new(api))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            TcpListenerStream::new(listener).map(|connection| {
+                // Small gRPC frames must not wait for Nagle's algorithm.
+                if let Ok(stream) = &connection
+                    && let Err(error) = stream.set_nodelay(true)
+                {
+                    tracing::debug!(%error, "failed to set TCP_NODELAY");
+                }
+                connection
+            }),
             stopping.clone().cancelled_owned(),
         );
     tokio::pin!(server);

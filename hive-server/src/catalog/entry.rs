@@ -2,10 +2,11 @@
 
 use std::{
     collections::HashMap,
-    fs::File,
-    io::{self, Read},
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    fs::{File, OpenOptions},
+    io::{self, Read, Seek, SeekFrom},
+    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Component, Path, PathBuf},
+    sync::Mutex,
     time::SystemTime,
 };
 
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{CatalogError, MANIFEST_FILE, WorkerName};
+use super::{MANIFEST_FILE, WorkerName};
 
 /// How a catalog entry is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,8 @@ pub struct WorkerBinary {
     pub symlink_target: Option<PathBuf>,
     /// Manifest of a folder entry; the defaults for other layouts.
     pub manifest: Manifest,
+    /// Why the entry cannot be used, for an entry that is broken; `None` when it is usable.
+    pub problem: Option<String>,
 }
 
 /// Contents of `manifest.json` in a folder entry. Unknown fields are ignored so that newer hives
@@ -62,7 +65,7 @@ pub struct WorkerBinary {
 /// Templates (`command`, `args`, `env` values) may contain `{model}`, `{device}`, `{port}`,
 /// `{worker_id}`, `{hive_addr}` and `{binary}`, replaced at spawn.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Manifest {
     /// Path of the executable relative to the folder; defaults to the entry name.
     pub binary: Option<PathBuf>,
@@ -117,99 +120,151 @@ impl FileIdentity {
     }
 }
 
-pub(super) fn read_file(
+/// Reads the entry `name` at `path`, of file type `file_type` (not followed). Returns `None`
+/// for things that are never entries, such as sockets or FIFOs placed in the catalog directory.
+///
+/// An entry that cannot be used (a broken manifest, a dangling link, a binary that is not a
+/// regular file) is still returned, with `problem` set, so that it can be seen and deleted.
+pub(super) fn read_entry(
+    name: &WorkerName,
+    path: &Path,
+    file_type: std::fs::FileType,
+    digests: &Mutex<DigestCache>,
+) -> Option<WorkerBinary> {
+    let (layout, read) = if file_type.is_symlink() {
+        (Layout::Symlink, read_symlink(name, path, digests))
+    } else if file_type.is_file() {
+        (
+            Layout::File,
+            read_file(name, path, Layout::File, None, digests),
+        )
+    } else if file_type.is_dir() {
+        (Layout::Directory, read_folder(name, path, digests))
+    } else {
+        return None;
+    };
+    Some(read.unwrap_or_else(|problem| broken(name, path, layout, problem)))
+}
+
+/// An entry that cannot be used, described by what is wrong with it.
+fn broken(name: &WorkerName, path: &Path, layout: Layout, problem: String) -> WorkerBinary {
+    let modified_at = std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    WorkerBinary {
+        name: name.clone(),
+        path: path.to_owned(),
+        layout,
+        size_bytes: 0,
+        sha256: String::new(),
+        modified_at,
+        executable: false,
+        platform: "unknown".to_owned(),
+        version: None,
+        source: None,
+        symlink_target: std::fs::read_link(path).ok(),
+        manifest: Manifest::default(),
+        problem: Some(problem),
+    }
+}
+
+/// Reads the executable at `path` (following links) and derives its metadata.
+///
+/// The file is opened without blocking and checked to be a regular file before anything is
+/// read from it: a link to `/dev/zero` or a FIFO must not hang the hive.
+fn read_file(
     name: &WorkerName,
     path: &Path,
     layout: Layout,
     manifest: Option<Manifest>,
-    digests: &mut DigestCache,
-) -> Result<WorkerBinary, CatalogError> {
-    let metadata = std::fs::metadata(path).map_err(|e| CatalogError::io("read", path, e))?;
+    digests: &Mutex<DigestCache>,
+) -> Result<WorkerBinary, String> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let metadata = file
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !metadata.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let read_error = |e: io::Error| format!("cannot read {}: {e}", path.display());
+    let platform = platform_of(&read_header(&mut file).map_err(read_error)?).to_owned();
+    let sha256 = digest(path, &mut file, &metadata, digests).map_err(read_error)?;
+
     let manifest = manifest.unwrap_or_default();
     Ok(WorkerBinary {
         name: name.clone(),
         path: path.to_owned(),
         layout,
         size_bytes: metadata.len(),
-        sha256: digest(path, &metadata, digests)?,
+        sha256,
         modified_at: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
         executable: metadata.permissions().mode() & 0o111 != 0,
-        platform: detect_platform(path)?,
+        platform,
         version: manifest.version.clone(),
         source: manifest.source.clone(),
         symlink_target: None,
         manifest,
+        problem: None,
     })
 }
 
-pub(super) fn read_symlink(
+fn read_symlink(
     name: &WorkerName,
     path: &Path,
-    digests: &mut DigestCache,
-) -> Result<WorkerBinary, CatalogError> {
-    let target = std::fs::read_link(path).map_err(|e| CatalogError::io("read", path, e))?;
-    let binary = match read_file(name, path, Layout::Symlink, None, digests) {
-        Ok(binary) => binary,
-        Err(CatalogError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            // A dangling link is still an entry, so that it can be seen and deleted.
-            let metadata =
-                std::fs::symlink_metadata(path).map_err(|e| CatalogError::io("read", path, e))?;
-            WorkerBinary {
-                name: name.clone(),
-                path: path.to_owned(),
-                layout: Layout::Symlink,
-                size_bytes: 0,
-                sha256: String::new(),
-                modified_at: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                executable: false,
-                platform: "unknown".to_owned(),
-                version: None,
-                source: None,
-                symlink_target: None,
-                manifest: Manifest::default(),
-            }
+    digests: &Mutex<DigestCache>,
+) -> Result<WorkerBinary, String> {
+    let target = std::fs::read_link(path)
+        .map_err(|e| format!("cannot read link {}: {e}", path.display()))?;
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.is_file() => {}
+        Ok(_) => {
+            return Err(format!(
+                "link target {} is not a regular file",
+                target.display()
+            ));
         }
-        Err(e) => return Err(e),
-    };
+        Err(e) => return Err(format!("link target {}: {e}", target.display())),
+    }
+    let binary = read_file(name, path, Layout::Symlink, None, digests)?;
     Ok(WorkerBinary {
         symlink_target: Some(target),
         ..binary
     })
 }
 
-/// Reads a folder entry. Returns `None` for a folder that holds no binary, which is not an
-/// entry (for example a folder an install is still writing).
-pub(super) fn read_folder(
+fn read_folder(
     name: &WorkerName,
     folder: &Path,
-    digests: &mut DigestCache,
-) -> Result<Option<WorkerBinary>, CatalogError> {
+    digests: &Mutex<DigestCache>,
+) -> Result<WorkerBinary, String> {
     let manifest_path = folder.join(MANIFEST_FILE);
     let manifest = match std::fs::read(&manifest_path) {
-        Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes).map_err(|e| {
-            CatalogError::InvalidManifest {
-                path: manifest_path.clone(),
-                reason: e.to_string(),
-            }
-        })?,
+        Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes)
+            .map_err(|e| format!("invalid manifest {}: {e}", manifest_path.display()))?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Manifest::default(),
-        Err(e) => return Err(CatalogError::io("read", manifest_path, e)),
+        Err(e) => return Err(format!("cannot read {}: {e}", manifest_path.display())),
     };
 
     if manifest.binary.is_none()
         && let Some(command) = &manifest.command
     {
-        let program = command
-            .first()
-            .ok_or_else(|| CatalogError::InvalidManifest {
-                path: manifest_path.clone(),
-                reason: "`command` is empty".to_owned(),
-            })?;
-        let program = find_program(program).ok_or_else(|| CatalogError::InvalidManifest {
-            path: manifest_path.clone(),
-            reason: format!("program {program:?} of `command` not found on PATH"),
+        let program = command.first().ok_or_else(|| {
+            format!(
+                "invalid manifest {}: `command` is empty",
+                manifest_path.display()
+            )
         })?;
-        return read_file(name, &program, Layout::Directory, Some(manifest), digests).map(Some);
+        let program = find_program(program).ok_or_else(|| {
+            format!(
+                "invalid manifest {}: program {program:?} of `command` not found on PATH",
+                manifest_path.display()
+            )
+        })?;
+        return read_file(name, &program, Layout::Directory, Some(manifest), digests);
     }
 
     let relative = manifest
@@ -220,26 +275,26 @@ pub(super) fn read_folder(
         .components()
         .all(|c| matches!(c, Component::Normal(_)))
     {
-        return Err(CatalogError::InvalidManifest {
-            path: manifest_path,
-            reason: format!(
-                "`binary` must be a relative path inside the folder, got {}",
-                relative.display()
-            ),
-        });
+        return Err(format!(
+            "invalid manifest {}: `binary` must be a relative path inside the folder, got {}",
+            manifest_path.display(),
+            relative.display()
+        ));
     }
-
     let binary_path = folder.join(&relative);
-    match std::fs::symlink_metadata(&binary_path) {
-        Ok(m) if m.is_file() => {}
-        Ok(_) => {
-            return Err(CatalogError::InvalidManifest {
-                path: manifest_path,
-                reason: format!("{} is not a regular file", binary_path.display()),
-            });
+    match binary_path.canonicalize() {
+        Ok(resolved) if resolved.starts_with(folder) => {}
+        Ok(resolved) => {
+            return Err(format!(
+                "binary {} resolves to {}, outside the entry folder",
+                binary_path.display(),
+                resolved.display()
+            ));
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(CatalogError::io("read", binary_path, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(format!("no binary: expected {}", binary_path.display()));
+        }
+        Err(e) => return Err(format!("cannot resolve {}: {e}", binary_path.display())),
     }
     read_file(
         name,
@@ -248,7 +303,6 @@ pub(super) fn read_folder(
         Some(manifest),
         digests,
     )
-    .map(Some)
 }
 
 /// Finds `program` the way `execvp` would: as given when it contains `/`, else in `$PATH`.
@@ -268,50 +322,49 @@ fn find_program(program: &str) -> Option<PathBuf> {
 
 fn digest(
     path: &Path,
+    file: &mut File,
     metadata: &std::fs::Metadata,
-    digests: &mut DigestCache,
-) -> Result<String, CatalogError> {
+    digests: &Mutex<DigestCache>,
+) -> io::Result<String> {
     let identity = FileIdentity::of(metadata);
-    if let Some((cached, hex)) = digests.get(path)
-        && *cached == identity
-    {
-        return Ok(hex.clone());
+    let cached = digests
+        .lock()
+        .expect("digest cache lock poisoned")
+        .get(path)
+        .filter(|(known, _)| *known == identity)
+        .map(|(_, hex)| hex.clone());
+    if let Some(hex) = cached {
+        return Ok(hex);
     }
 
-    let mut file = File::open(path).map_err(|e| CatalogError::io("open", path, e))?;
+    // Hashed without holding the lock, so one large file does not stall other requests.
+    file.seek(SeekFrom::Start(0))?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0; 64 * 1024];
     loop {
-        let read = file
-            .read(&mut buffer)
-            .map_err(|e| CatalogError::io("read", path, e))?;
+        let read = file.read(&mut buffer)?;
         if read == 0 {
             break;
         }
         hasher.update(&buffer[..read]);
     }
     let hex = hex::encode(hasher.finalize());
-    digests.insert(path.to_owned(), (identity, hex.clone()));
+    digests
+        .lock()
+        .expect("digest cache lock poisoned")
+        .insert(path.to_owned(), (identity, hex.clone()));
     Ok(hex)
+}
+
+/// Reads up to the first 20 bytes: enough for the ELF identification and machine fields.
+fn read_header(file: &mut File) -> io::Result<Vec<u8>> {
+    let mut header = Vec::with_capacity(20);
+    file.take(20).read_to_end(&mut header)?;
+    Ok(header)
 }
 
 /// Names the platform a file runs on from its first bytes: the ELF header's class, byte order
 /// and machine, or `script` for a `#!` interpreter script.
-fn detect_platform(path: &Path) -> Result<String, CatalogError> {
-    let mut header = [0u8; 20];
-    let mut file = File::open(path).map_err(|e| CatalogError::io("open", path, e))?;
-    let mut filled = 0;
-    while filled < header.len() {
-        match file.read(&mut header[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(CatalogError::io("read", path, e)),
-        }
-    }
-    Ok(platform_of(&header[..filled]).to_owned())
-}
-
 fn platform_of(header: &[u8]) -> &'static str {
     if header.starts_with(b"#!") {
         return "script";

@@ -40,13 +40,13 @@ pub enum CatalogError {
         /// The catalog directory.
         dir: PathBuf,
     },
-    /// A folder entry's manifest cannot be used.
-    #[error("invalid manifest {path}: {reason}")]
-    InvalidManifest {
-        /// Path of the manifest.
-        path: PathBuf,
+    /// The entry exists but cannot be used, for example because its manifest is invalid.
+    #[error("worker binary {name} cannot be used: {problem}")]
+    Unusable {
+        /// The entry.
+        name: String,
         /// What is wrong with it.
-        reason: String,
+        problem: String,
     },
     /// A file system operation failed.
     #[error("failed to {action} {path}: {source}")]
@@ -114,13 +114,20 @@ impl Catalog {
             };
             match self.read_entry(&name) {
                 Ok(Some(binary)) => binaries.push(binary),
-                Ok(None) => {}
-                // Removed between readdir and reading it: it is simply no longer listed.
-                Err(CatalogError::NotFound { .. }) => {}
+                // Removed between readdir and reading it, or never an entry.
+                Ok(None) | Err(CatalogError::NotFound { .. }) => {}
                 Err(error) => tracing::warn!(%name, %error, "skipping unreadable catalog entry"),
             }
         }
         binaries.sort_by(|a, b| a.name.cmp(&b.name));
+
+        // Forget digests of files that are gone, so renamed files do not pile up.
+        let listed: std::collections::HashSet<&Path> =
+            binaries.iter().map(|b| b.path.as_path()).collect();
+        self.digests
+            .lock()
+            .expect("digest cache lock poisoned")
+            .retain(|path, _| listed.contains(path.as_path()));
         Ok(binaries)
     }
 
@@ -129,16 +136,37 @@ impl Catalog {
         self.read_entry(name)?.ok_or_else(|| self.not_found(name))
     }
 
+    /// Returns the entry called `name` if it can be used, else why not.
+    pub fn get_usable(&self, name: &WorkerName) -> Result<WorkerBinary, CatalogError> {
+        let binary = self.get(name)?;
+        match &binary.problem {
+            Some(problem) => Err(CatalogError::Unusable {
+                name: name.to_string(),
+                problem: problem.clone(),
+            }),
+            None => Ok(binary),
+        }
+    }
+
     /// Removes the entry called `name` and returns it as it was.
     ///
-    /// A symbolic link is removed, never its target. A folder entry is first renamed to a hidden
-    /// name in one atomic step, so the catalog never lists a half-deleted entry, then removed
-    /// without following any link inside it.
+    /// Works on broken entries too. A symbolic link is removed, never its target. A folder entry
+    /// is first renamed to a hidden name in one atomic step, so the catalog never lists a
+    /// half-deleted entry, then removed without following any link inside it.
     pub fn remove(&self, name: &WorkerName) -> Result<WorkerBinary, CatalogError> {
         let binary = self.get(name)?;
         let path = self.dir.join(name.as_str());
+        // The type as it is now, not as it was read: the entry may have been replaced since.
+        let file_type = std::fs::symlink_metadata(&path)
+            .map_err(|e| self.map_missing(name, "read", e))?
+            .file_type();
+        let layout = if file_type.is_dir() {
+            Layout::Directory
+        } else {
+            Layout::File
+        };
 
-        match binary.layout {
+        match layout {
             Layout::File | Layout::Symlink => {
                 std::fs::remove_file(&path).map_err(|e| self.map_missing(name, "remove", e))?;
             }
@@ -186,16 +214,7 @@ impl Catalog {
             std::fs::symlink_metadata(&path).map_err(|e| self.map_missing(name, "read", e))?;
         let file_type = metadata.file_type();
 
-        let mut digests = self.digests.lock().expect("digest cache lock poisoned");
-        if file_type.is_symlink() {
-            entry::read_symlink(name, &path, &mut digests).map(Some)
-        } else if file_type.is_file() {
-            entry::read_file(name, &path, Layout::File, None, &mut digests).map(Some)
-        } else if file_type.is_dir() {
-            entry::read_folder(name, &path, &mut digests)
-        } else {
-            Ok(None)
-        }
+        Ok(entry::read_entry(name, &path, file_type, &self.digests))
     }
 
     fn remove_leftover_trash(&self) {

@@ -48,6 +48,8 @@ impl WorkerName {
             Some("it contains a NUL byte")
         } else if name.chars().any(char::is_control) {
             Some("it contains a control character")
+        } else if name.chars().any(is_invisible_format) {
+            Some("it contains an invisible formatting character")
         } else if name.starts_with('.') {
             Some("it starts with `.`")
         } else {
@@ -72,6 +74,21 @@ impl fmt::Display for WorkerName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// Returns whether `c` changes how text around it displays without showing itself: bidirectional
+/// controls (which can make `rm-worker` display as `rekrow-mr`), zero-width characters and the
+/// byte order mark.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 /// Quotes and escapes a rejected name for an error message, cut to a readable length so a
@@ -115,6 +132,14 @@ mod tests {
             ("a\0b", "it contains a NUL byte"),
             ("a\nb", "it contains a control character"),
             ("a\u{7f}", "it contains a control character"),
+            (
+                "rm\u{202e}worker",
+                "it contains an invisible formatting character",
+            ),
+            (
+                "zero\u{200b}width",
+                "it contains an invisible formatting character",
+            ),
             (".hidden", "it starts with `.`"),
         ];
         for (name, reason) in cases {

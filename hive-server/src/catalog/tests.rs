@@ -31,15 +31,16 @@ fn lists_files_folders_and_links_alike() {
     let catalog = Catalog::open(dir.path()).unwrap();
     let binaries = catalog.list().unwrap();
     let names: Vec<_> = binaries.iter().map(|b| b.name.as_str()).collect();
-    assert_eq!(names, ["installed", "linked", "plain"]);
+    assert_eq!(names, ["empty-folder", "installed", "linked", "plain"]);
 
-    let installed = &binaries[0];
+    assert!(binaries[0].problem.is_some());
+    let installed = &binaries[1];
     assert_eq!(installed.layout, Layout::Directory);
     assert_eq!(installed.version.as_deref(), Some("1.2.0"));
     assert_eq!(installed.path, catalog.dir().join("installed/bin"));
     assert_eq!(installed.platform, "script");
 
-    let linked = &binaries[1];
+    let linked = &binaries[2];
     assert_eq!(linked.layout, Layout::Symlink);
     assert_eq!(
         linked.symlink_target.as_deref(),
@@ -47,7 +48,7 @@ fn lists_files_folders_and_links_alike() {
     );
     assert_eq!(linked.size_bytes, 4);
 
-    let plain = &binaries[2];
+    let plain = &binaries[3];
     assert_eq!(plain.layout, Layout::File);
     assert!(plain.executable);
     assert_eq!(plain.size_bytes, 17);
@@ -104,18 +105,95 @@ fn unknown_entry_is_not_found() {
 #[test]
 fn manifest_binary_may_not_leave_the_folder() {
     let dir = tempfile::tempdir().unwrap();
-    fs::create_dir(dir.path().join("w")).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    write_executable(&outside.path().join("w"), b"#!/bin/sh\n");
+    fs::create_dir(dir.path().join("dots")).unwrap();
     fs::write(
-        dir.path().join("w/manifest.json"),
+        dir.path().join("dots/manifest.json"),
         r#"{"binary": "../other"}"#,
     )
     .unwrap();
+    fs::create_dir(dir.path().join("linked")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("linked/sub")).unwrap();
+    fs::write(
+        dir.path().join("linked/manifest.json"),
+        r#"{"binary": "sub/w"}"#,
+    )
+    .unwrap();
     let catalog = Catalog::open(dir.path()).unwrap();
-    let err = catalog.get(&name("w")).unwrap_err();
+
+    let dots = catalog.get(&name("dots")).unwrap();
+    let problem = dots.problem.unwrap();
     assert!(
-        matches!(err, CatalogError::InvalidManifest { .. }),
-        "{err:?}"
+        problem.contains("`binary` must be a relative path inside the folder"),
+        "{problem}"
     );
+    let linked = catalog.get(&name("linked")).unwrap();
+    let problem = linked.problem.unwrap();
+    assert!(problem.ends_with("outside the entry folder"), "{problem}");
+    let err = catalog.get_usable(&name("linked")).unwrap_err();
+    assert!(matches!(err, CatalogError::Unusable { .. }), "{err:?}");
+}
+
+#[test]
+fn broken_entries_are_listed_and_removable() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::os::unix::fs::symlink("/dev/zero", root.join("zero")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.join("dirlink")).unwrap();
+    std::os::unix::fs::symlink(root.join("loop"), root.join("loop")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent", root.join("dangling")).unwrap();
+    nix::unistd::mkfifo(&outside.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("fifo"), root.join("fifo")).unwrap();
+    fs::create_dir(root.join("typo")).unwrap();
+    fs::write(root.join("typo/manifest.json"), "{not json").unwrap();
+    fs::create_dir(root.join("empty")).unwrap();
+    let catalog = Catalog::open(root).unwrap();
+
+    let binaries = catalog.list().unwrap();
+    let listed: Vec<(&str, bool)> = binaries
+        .iter()
+        .map(|b| (b.name.as_str(), b.problem.is_some()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("dangling", true),
+            ("dirlink", true),
+            ("empty", true),
+            ("fifo", true),
+            ("loop", true),
+            ("typo", true),
+            ("zero", true),
+        ]
+    );
+    assert_eq!(
+        binaries[6].problem.as_deref(),
+        Some("link target /dev/zero is not a regular file")
+    );
+
+    for entry in [
+        "dangling", "dirlink", "empty", "fifo", "loop", "typo", "zero",
+    ] {
+        catalog.remove(&name(entry)).unwrap();
+    }
+    assert!(fs::read_dir(root).unwrap().next().is_none());
+    assert!(outside.path().join("fifo").exists());
+}
+
+#[test]
+fn unknown_manifest_fields_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("w")).unwrap();
+    write_executable(&dir.path().join("w/w"), b"#!/bin/sh\n");
+    fs::write(
+        dir.path().join("w/manifest.json"),
+        r#"{"description": "newer field"}"#,
+    )
+    .unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    assert_eq!(catalog.get(&name("w")).unwrap().problem, None);
 }
 
 #[test]

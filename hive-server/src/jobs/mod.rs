@@ -31,6 +31,9 @@ pub enum JobError {
     /// A job with this id already exists.
     #[error("job {0} already exists; use a new job id for each request")]
     AlreadyExists(JobId),
+    /// The hive is shutting down and no longer waits for jobs to start.
+    #[error("the hive is shutting down")]
+    ShuttingDown,
     /// No job with this id exists, or it was forgotten after its retention time.
     #[error("job {0} not found; it never ran here or finished too long ago")]
     NotFound(JobId),
@@ -84,7 +87,7 @@ impl Jobs {
         id: Option<JobId>,
         action: &'static str,
         message: String,
-    ) -> Result<Narrator, JobError> {
+    ) -> Result<StartedJob, JobError> {
         let id = id.unwrap_or_else(JobId::generate);
         let job = Arc::new(Job::new(id.clone(), self.limits.max_events_per_job));
         {
@@ -97,12 +100,12 @@ impl Jobs {
         }
         self.started.notify_waiters();
 
-        let narrator = Narrator {
-            job,
-            finished: false,
-        };
+        let narrator = Narrator { job };
         narrator.record(Level::Info, action, message, None, None);
-        Ok(narrator)
+        Ok(StartedJob {
+            narrator,
+            finished: false,
+        })
     }
 
     /// Subscribes to the job `id`: its history, then live events until the final one.
@@ -120,8 +123,13 @@ impl Jobs {
             if let Some(job) = self.get(id) {
                 return Ok(EventStream::new(job, self.shutdown.clone()));
             }
-            if tokio::time::timeout_at(deadline, started).await.is_err() {
-                return Err(JobError::NotFound(id.clone()));
+            tokio::select! {
+                woken = tokio::time::timeout_at(deadline, started) => {
+                    if woken.is_err() {
+                        return Err(JobError::NotFound(id.clone()));
+                    }
+                }
+                () = self.shutdown.cancelled() => return Err(JobError::ShuttingDown),
             }
         }
     }
@@ -192,14 +200,51 @@ impl Job {
     }
 }
 
-/// Handle through which a running job records its narration.
+/// A job that has started and must be finished with an outcome.
 ///
-/// Dropping it before [`Narrator::finish`] records a final event with outcome CANCELLED, which is
-/// what happens when a client disconnects and tonic drops the request.
+/// Dropping it before [`StartedJob::finish`] records a final event with outcome CANCELLED, so a
+/// job whose request was dropped never looks as if it were still running.
 #[derive(Debug)]
+pub struct StartedJob {
+    narrator: Narrator,
+    finished: bool,
+}
+
+impl StartedJob {
+    /// Returns the narrator of the job.
+    pub fn narrator(&self) -> &Narrator {
+        &self.narrator
+    }
+
+    /// Records the final event with the job's outcome.
+    pub fn finish(mut self, outcome: Outcome) {
+        self.finished = true;
+        self.narrator.finish(outcome);
+    }
+}
+
+impl std::ops::Deref for StartedJob {
+    type Target = Narrator;
+
+    fn deref(&self) -> &Narrator {
+        &self.narrator
+    }
+}
+
+impl Drop for StartedJob {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.narrator.finish(Outcome::cancelled(
+                "the request was cancelled before the job finished",
+            ));
+        }
+    }
+}
+
+/// Handle through which a running job records its narration; cheap to clone.
+#[derive(Debug, Clone)]
 pub struct Narrator {
     job: Arc<Job>,
-    finished: bool,
 }
 
 impl Narrator {
@@ -228,13 +273,8 @@ impl Narrator {
         self.record(Level::Info, action, message.into(), Some(progress), None);
     }
 
-    /// Records the final event with the job's outcome.
-    pub fn finish(mut self, outcome: Outcome) {
-        self.finish_with(outcome);
-    }
-
-    fn finish_with(&mut self, outcome: Outcome) {
-        self.finished = true;
+    /// Records the final event with the job's outcome; events recorded after it are ignored.
+    fn finish(&self, outcome: Outcome) {
         let (level, message) = if outcome.is_ok() {
             (Level::Info, "job finished".to_owned())
         } else {
@@ -277,16 +317,6 @@ impl Narrator {
             seq
         };
         self.job.latest.send_replace(seq);
-    }
-}
-
-impl Drop for Narrator {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.finish_with(Outcome::cancelled(
-                "the request was cancelled before the job finished",
-            ));
-        }
     }
 }
 

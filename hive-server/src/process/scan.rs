@@ -6,7 +6,7 @@
 use std::{
     collections::{BTreeSet, HashSet},
     io,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
@@ -56,6 +56,9 @@ pub fn find_worker(identity: Identity<'_>, pid: i32) -> Result<WorkerProcess, Pr
     if pid <= 0 {
         return Err(not_found());
     }
+    if !is_process(pid) {
+        return Err(not_found());
+    }
     let found = identify(identity, pid).ok_or_else(not_found)?;
     let clock = Clock::read()?;
     read_worker(pid, found, &clock).map_err(|_| not_found())
@@ -87,11 +90,50 @@ pub(super) fn identify(identity: Identity<'_>, pid: i32) -> Option<Found> {
     }
     let exe = exe?;
     let worker_name = identity.catalog.worker_name_of(&exe)?;
+    if !runs_file_at(pid, &exe) {
+        return None;
+    }
     Some(Found {
         worker_name,
         exe,
         spawned: None,
     })
+}
+
+/// Checks that the `exe` path the kernel reports for `pid` names, in the hive's own view of the
+/// file system, the file the process really runs.
+///
+/// The path is relative to the process's mount namespace: a process in a container can report
+/// the catalog path for a file that is elsewhere on the host. So the device and inode of the
+/// running executable must match the file at that path. A deleted executable has no file to
+/// compare with; its path is trusted only from the hive's own mount namespace.
+fn runs_file_at(pid: i32, exe: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+
+    if exe.to_str().is_some_and(|s| s.ends_with(" (deleted)")) {
+        return same_mount_namespace(pid);
+    }
+    let (Ok(running), Ok(at_path)) = (
+        std::fs::metadata(format!("/proc/{pid}/exe")),
+        std::fs::metadata(exe),
+    ) else {
+        return false;
+    };
+    running.dev() == at_path.dev() && running.ino() == at_path.ino()
+}
+
+fn same_mount_namespace(pid: i32) -> bool {
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/mnt"));
+    let ours = std::fs::read_link("/proc/self/ns/mnt");
+    matches!((theirs, ours), (Ok(a), Ok(b)) if a == b)
+}
+
+/// Returns whether `pid` is a process (a thread group leader), not another thread of one:
+/// `/proc/TID` exists for every thread, though only processes are listed.
+fn is_process(pid: i32) -> bool {
+    Process::new(pid)
+        .and_then(|p| p.status())
+        .is_ok_and(|status| status.tgid == pid)
 }
 
 /// Reads the start time of `pid` in clock ticks after boot.

@@ -32,7 +32,7 @@ impl HiveApi {
             None => None,
         };
         let memory = host::memory().unwrap_or_default();
-        let devices: Vec<String> = host::devices(memory, &self.shared.cpu_model)
+        let devices: Vec<String> = host::devices(memory, &self.shared.cpu_model, &self.shared.gpus)
             .await
             .into_iter()
             .map(|device| device.id)

@@ -128,5 +128,6 @@ fn binary_to_proto(binary: WorkerBinary) -> proto::WorkerBinary {
             .symlink_target
             .map(|target| target.display().to_string())
             .unwrap_or_default(),
+        problem: binary.problem.unwrap_or_default(),
     }
 }

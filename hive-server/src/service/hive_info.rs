@@ -18,7 +18,7 @@ impl HiveApi {
             );
             host::Memory::default()
         });
-        let devices = host::devices(memory, &shared.cpu_model).await;
+        let devices = host::devices(memory, &shared.cpu_model, &shared.gpus).await;
 
         let hive = proto::HiveInfo {
             hive_id: shared.identity.id.clone(),

@@ -11,6 +11,7 @@ mod narration;
 mod processes;
 
 use std::{
+    future::Future,
     pin::Pin,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -25,7 +26,7 @@ use crate::{
     catalog::Catalog,
     error::Error,
     host::HostFacts,
-    jobs::{JobId, Jobs, Narrator, Outcome},
+    jobs::{JobId, Jobs, Narrator, Outcome, StartedJob},
     process::Identity,
     workers::Workers,
 };
@@ -63,6 +64,7 @@ struct Shared {
     identity: HiveIdentity,
     host: HostFacts,
     cpu_model: String,
+    gpus: crate::host::GpuCache,
     catalog: Arc<Catalog>,
     jobs: Arc<Jobs>,
     workers: Arc<Workers>,
@@ -81,8 +83,14 @@ pub struct HiveApi {
 
 /// A job in progress, holding its concurrency permit until it finishes.
 struct RunningJob {
-    narrator: Narrator,
+    job: StartedJob,
     _permit: OwnedSemaphorePermit,
+}
+
+impl RunningJob {
+    fn narrator(&self) -> &Narrator {
+        self.job.narrator()
+    }
 }
 
 impl HiveApi {
@@ -99,6 +107,7 @@ impl HiveApi {
                 identity,
                 host: HostFacts::read(),
                 cpu_model: crate::host::cpu_model(),
+                gpus: crate::host::GpuCache::default(),
                 catalog,
                 jobs,
                 workers,
@@ -126,14 +135,14 @@ impl HiveApi {
         let job_id = JobId::parse_optional(job_id)
             .map_err(crate::jobs::JobError::from)
             .map_err(Error::from)?;
-        let narrator = self
+        let job = self
             .shared
             .jobs
             .start(job_id, action, message)
             .map_err(Error::from)?;
-        tracing::debug!(job_id = %narrator.job_id(), action, "job started");
+        tracing::debug!(job_id = %job.job_id(), action, "job started");
         Ok(RunningJob {
-            narrator,
+            job,
             _permit: permit,
         })
     }
@@ -141,16 +150,16 @@ impl HiveApi {
     /// Records the outcome of a job and turns it into the RPC result. A failure carries the job
     /// id in the `rbee-job-id` metadata.
     fn finish<T>(&self, job: RunningJob, result: Result<T, Error>) -> Result<Response<T>, Status> {
-        let RunningJob { narrator, _permit } = job;
-        let job_id = narrator.job_id().clone();
+        let RunningJob { job, _permit } = job;
+        let job_id = job.job_id().clone();
         match result {
             Ok(response) => {
-                narrator.finish(Outcome::ok());
+                job.finish(Outcome::ok());
                 Ok(Response::new(response))
             }
             Err(error) => {
                 let mut status = Status::from(error);
-                narrator.finish(Outcome::failed(status.code() as i32, status.message()));
+                job.finish(Outcome::failed(status.code() as i32, status.message()));
                 if let Ok(value) = MetadataValue::try_from(job_id.as_str()) {
                     status
                         .metadata_mut()
@@ -159,6 +168,28 @@ impl HiveApi {
                 Err(status)
             }
         }
+    }
+
+    /// Runs an operation that changes something in a task of its own, so that it runs to the end
+    /// and records its outcome even when the caller disconnects and tonic drops the request.
+    async fn detached<T, F, Fut>(
+        &self,
+        job: RunningJob,
+        operation: F,
+    ) -> Result<Response<T>, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(HiveApi, Narrator) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        let api = self.clone();
+        let task = tokio::spawn(async move {
+            let narrator = job.narrator().clone();
+            let result = operation(api.clone(), narrator).await;
+            api.finish(job, result)
+        });
+        task.await
+            .unwrap_or_else(|e| Err(Error::Internal(format!("job task failed: {e}")).into()))
     }
 
     fn catalog(&self) -> Arc<Catalog> {
@@ -230,7 +261,7 @@ impl HiveService for HiveApi {
     ) -> Result<Response<proto::GetHiveInfoResponse>, Status> {
         let request = request.into_inner();
         let job = self.begin(&request.job_id, "hive.info", "describing the hive".into())?;
-        let result = self.hive_info(&job.narrator).await;
+        let result = self.hive_info(job.narrator()).await;
         self.finish(job, result)
     }
 
@@ -244,7 +275,7 @@ impl HiveService for HiveApi {
             "binary.list",
             "listing worker binaries".into(),
         )?;
-        let result = self.list_binaries(&job.narrator).await;
+        let result = self.list_binaries(job.narrator()).await;
         self.finish(job, result)
     }
 
@@ -255,7 +286,7 @@ impl HiveService for HiveApi {
         let request = request.into_inner();
         let message = format!("reading worker binary {:?}", shorten(&request.name));
         let job = self.begin(&request.job_id, "binary.get", message)?;
-        let result = self.get_binary(&job.narrator, request).await;
+        let result = self.get_binary(job.narrator(), request).await;
         self.finish(job, result)
     }
 
@@ -266,8 +297,10 @@ impl HiveService for HiveApi {
         let request = request.into_inner();
         let message = format!("deleting worker binary {:?}", shorten(&request.name));
         let job = self.begin(&request.job_id, "binary.delete", message)?;
-        let result = self.delete_binary(&job.narrator, request).await;
-        self.finish(job, result)
+        self.detached(job, |api, narrator| async move {
+            api.delete_binary(&narrator, request).await
+        })
+        .await
     }
 
     async fn list_worker_processes(
@@ -280,7 +313,7 @@ impl HiveService for HiveApi {
             "process.list",
             "listing worker processes".into(),
         )?;
-        let result = self.list_processes(&job.narrator, request).await;
+        let result = self.list_processes(job.narrator(), request).await;
         self.finish(job, result)
     }
 
@@ -291,7 +324,7 @@ impl HiveService for HiveApi {
         let request = request.into_inner();
         let message = format!("reading worker process {}", request.pid);
         let job = self.begin(&request.job_id, "process.get", message)?;
-        let result = self.get_process(&job.narrator, request).await;
+        let result = self.get_process(job.narrator(), request).await;
         self.finish(job, result)
     }
 
@@ -302,8 +335,10 @@ impl HiveService for HiveApi {
         let request = request.into_inner();
         let message = format!("stopping worker process {}", request.pid);
         let job = self.begin(&request.job_id, "process.delete", message)?;
-        let result = self.delete_process(&job.narrator, request).await;
-        self.finish(job, result)
+        self.detached(job, |api, narrator| async move {
+            api.delete_process(&narrator, request).await
+        })
+        .await
     }
 
     async fn spawn_worker(
@@ -313,8 +348,10 @@ impl HiveService for HiveApi {
         let request = request.into_inner();
         let message = format!("spawning a worker from {:?}", shorten(&request.binary));
         let job = self.begin(&request.job_id, "worker.spawn", message)?;
-        let result = self.spawn(&job.narrator, request).await;
-        self.finish(job, result)
+        self.detached(job, |api, narrator| async move {
+            api.spawn(&narrator, request).await
+        })
+        .await
     }
 
     async fn heartbeat(
@@ -336,7 +373,7 @@ impl HiveService for HiveApi {
             "worker.list",
             "listing active workers".into(),
         )?;
-        let result = self.list_active(&job.narrator);
+        let result = self.list_active(job.narrator());
         self.finish(job, result)
     }
 
@@ -347,7 +384,7 @@ impl HiveService for HiveApi {
         let request = request.into_inner();
         let message = format!("reading active worker {:?}", shorten(&request.worker_id));
         let job = self.begin(&request.job_id, "worker.get", message)?;
-        let result = self.get_active(&job.narrator, request);
+        let result = self.get_active(job.narrator(), request);
         self.finish(job, result)
     }
 
@@ -358,8 +395,10 @@ impl HiveService for HiveApi {
         let request = request.into_inner();
         let message = format!("retiring active worker {:?}", shorten(&request.worker_id));
         let job = self.begin(&request.job_id, "worker.retire", message)?;
-        let result = self.retire(&job.narrator, request).await;
-        self.finish(job, result)
+        self.detached(job, |api, narrator| async move {
+            api.retire(&narrator, request).await
+        })
+        .await
     }
 
     type NarrateStream = NarrateStream;

@@ -172,7 +172,7 @@ impl Workers {
         let catalog = Arc::clone(&self.catalog);
         let binary = {
             let name = binary_name.clone();
-            tokio::task::spawn_blocking(move || catalog.get(&name))
+            tokio::task::spawn_blocking(move || catalog.get_usable(&name))
                 .await
                 .map_err(|e| {
                     WorkerError::InvalidArgument(format!("catalog lookup failed: {e}"))
