@@ -16,6 +16,12 @@ const MAX_JOB_ID_BYTES: usize = 128;
 /// Maximum grace period between SIGTERM and SIGKILL that a hive accepts.
 pub const MAX_GRACE: Duration = Duration::from_secs(3600);
 
+/// Maximum readiness timeout of a spawn that a hive accepts.
+pub const MAX_READY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Maximum number of hex digits in a worker id that a hive accepts.
+const MAX_WORKER_ID_HEX_DIGITS: usize = 64;
+
 const LONG_ABOUT: &str = "\
 rbee drives the hives of a fleet: every command goes to one, several or all hives at once, \
 and every targeted hive gets its own result row.
@@ -112,9 +118,10 @@ pub struct GlobalArgs {
     pub connect_timeout: Duration,
 
     /// Time allowed for the whole call to one hive, connecting included, for example 30s or 2m
-    /// [default: 30s. For `worker process delete`: the grace period plus 10s when longer. For
-    /// `job follow`: no limit. For the health checks of `hive list` and `hive status`: the
-    /// connect timeout]
+    /// [default: 30s. For `worker spawn`: the ready timeout (60s unless given) plus 10s when
+    /// longer. For `worker process delete` and `worker active retire`: the grace period plus 10s
+    /// when longer. For `job follow`: no limit. For the health checks of `hive list` and `hive
+    /// status`: the connect timeout]
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
 
@@ -139,7 +146,7 @@ pub enum OutputFormat {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Manage worker binaries and worker processes on hives
+    /// Manage worker binaries, worker processes and active workers on hives
     #[command(subcommand)]
     Worker(WorkerCommand),
 
@@ -165,6 +172,82 @@ pub enum WorkerCommand {
     /// Worker processes: running worker binaries
     #[command(subcommand)]
     Process(WorkerProcessCommand),
+
+    /// Start a worker from a catalog binary on each targeted hive and wait until it is ready
+    ///
+    /// Every targeted hive starts its own worker, so `--hive a,b` starts two workers. The
+    /// hive's narration of each step and the worker's log lines appear on stderr while the
+    /// hive waits for the worker to become ready.
+    Spawn(WorkerSpawnArgs),
+
+    /// Active workers: the workers each hive spawned, with their heartbeat state
+    #[command(subcommand)]
+    Active(WorkerActiveCommand),
+}
+
+/// `rbee worker spawn` options.
+#[derive(Debug, Args)]
+pub struct WorkerSpawnArgs {
+    /// Catalog name of the worker binary to start
+    #[arg(value_parser = parse_worker_name)]
+    pub binary: String,
+
+    /// Model to serve: the name of an entry in the hive's model directory, or an absolute path
+    /// on the hive's machine
+    #[arg(long, value_name = "MODEL", value_parser = parse_model)]
+    pub model: String,
+
+    /// Device to run on: `cpu`, or `cuda:N` for GPU index N (`rbee hive info` lists a hive's
+    /// devices)
+    #[arg(long, value_name = "DEVICE", value_parser = parse_device)]
+    pub device: String,
+
+    /// TCP port the worker serves on [default: a free port the hive picks]
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+
+    /// Extra argument appended to the worker's command line; repeat for several, in order
+    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+
+    /// Extra environment variable NAME=VALUE for the worker; repeat for several. Names use
+    /// letters, digits and `_`; `RBEE_*` and CUDA_VISIBLE_DEVICES are set by the hive
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env_var)]
+    pub env: Vec<(String, String)>,
+
+    /// Time the hive waits for the worker to become ready, in seconds or with a unit (90s, 5m),
+    /// at most 1h. A worker that is not ready by then is stopped [default: the hive's, 60s
+    /// unless the hive runs with another --ready-timeout-secs]
+    #[arg(long, value_name = "SECS", value_parser = parse_ready_timeout)]
+    pub ready_timeout: Option<Duration>,
+}
+
+/// `rbee worker active ...`
+#[derive(Debug, Subcommand)]
+pub enum WorkerActiveCommand {
+    /// List the active workers of each hive
+    #[command(visible_alias = "ls")]
+    List,
+
+    /// Show one active worker
+    Get {
+        /// Id of the worker, such as worker-0123456789ab
+        #[arg(value_parser = parse_worker_id)]
+        worker_id: String,
+    },
+
+    /// Stop an active worker with its process group (SIGTERM, then SIGKILL once the grace
+    /// period has passed) and remove it from the hive's active workers
+    Retire {
+        /// Id of the worker, such as worker-0123456789ab
+        #[arg(value_parser = parse_worker_id)]
+        worker_id: String,
+
+        /// Time between SIGTERM and SIGKILL, in seconds or with a unit (500ms, 2m); 0 sends
+        /// SIGKILL at once; at most 1h [default: the hive's, 5s]
+        #[arg(long, value_name = "SECS", value_parser = parse_grace)]
+        grace: Option<Duration>,
+    },
 }
 
 /// `rbee worker binary ...`
@@ -373,6 +456,87 @@ pub fn parse_worker_name(name: &str) -> Result<String, String> {
     }
 }
 
+/// Parses a readiness timeout: longer than zero, at most one hour.
+fn parse_ready_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_timeout(text)?;
+    if timeout > MAX_READY_TIMEOUT {
+        return Err(format!(
+            "ready timeout {text:?} is longer than the maximum of 1h"
+        ));
+    }
+    Ok(timeout)
+}
+
+/// Checks a model: not empty and free of control characters. Whether it exists is for the
+/// hive to decide, on its own machine.
+fn parse_model(model: &str) -> Result<String, String> {
+    if model.is_empty() {
+        return Err("the model is empty: give a model name or an absolute path".to_owned());
+    }
+    if model.chars().any(char::is_control) {
+        return Err(format!(
+            "invalid model {model:?}: it contains a control character"
+        ));
+    }
+    Ok(model.to_owned())
+}
+
+/// Checks a device id: `cpu`, or `cuda:N` with N a decimal GPU index.
+fn parse_device(device: &str) -> Result<String, String> {
+    let valid = device == "cpu"
+        || device
+            .strip_prefix("cuda:")
+            .is_some_and(|index| !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()));
+    if valid {
+        Ok(device.to_owned())
+    } else {
+        Err(format!(
+            "invalid device {device:?}: use `cpu`, or `cuda:N` for GPU index N"
+        ))
+    }
+}
+
+/// Parses `NAME=VALUE`. The name must be a portable variable name (letters, digits and `_`,
+/// not starting with a digit) that the hive does not set itself. The value may be empty.
+fn parse_env_var(text: &str) -> Result<(String, String), String> {
+    let Some((name, value)) = text.split_once('=') else {
+        return Err(format!(
+            "invalid environment variable {text:?}: use NAME=VALUE"
+        ));
+    };
+    let portable = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !portable {
+        return Err(format!(
+            "invalid environment variable name {name:?}: use letters, digits and `_`, not \
+             starting with a digit"
+        ));
+    }
+    if name.starts_with("RBEE_") || name == "CUDA_VISIBLE_DEVICES" {
+        return Err(format!(
+            "environment variable {name} is set by the hive and cannot be overridden"
+        ));
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+/// Checks a worker id: `worker-` followed by 1 to 64 hex digits, as hives generate them.
+fn parse_worker_id(id: &str) -> Result<String, String> {
+    let valid = id.strip_prefix("worker-").is_some_and(|hex| {
+        !hex.is_empty()
+            && hex.len() <= MAX_WORKER_ID_HEX_DIGITS
+            && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    });
+    if valid {
+        Ok(id.to_owned())
+    } else {
+        Err(format!(
+            "invalid worker id {id:?}: worker ids look like worker-0123456789ab"
+        ))
+    }
+}
+
 /// Checks a job id: 1 to 128 ASCII letters, digits, `-`, `_`, `.` or `:`.
 fn parse_job_id(id: &str) -> Result<String, String> {
     let valid = !id.is_empty()
@@ -445,6 +609,76 @@ mod tests {
         assert!(parse_job_id("").is_err());
         assert!(parse_job_id("job 1").is_err());
         assert!(parse_job_id(&"j".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn ready_timeout_is_positive_up_to_one_hour() {
+        assert_eq!(parse_ready_timeout("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ready_timeout("1h"), Ok(MAX_READY_TIMEOUT));
+        assert!(parse_ready_timeout("0").is_err());
+        assert!(parse_ready_timeout("61m").is_err());
+    }
+
+    #[test]
+    fn model_rejects_empty_and_control_characters() {
+        assert!(parse_model("tiny").is_ok());
+        assert!(parse_model("/models/tiny.gguf").is_ok());
+        assert!(parse_model("").is_err());
+        assert!(parse_model("a\nb").is_err());
+    }
+
+    #[test]
+    fn device_is_cpu_or_cuda_index() {
+        for good in ["cpu", "cuda:0", "cuda:12"] {
+            assert!(parse_device(good).is_ok(), "{good:?} was rejected");
+        }
+        for bad in [
+            "", "CPU", "gpu", "cuda", "cuda:", "cuda:x", "cuda:-1", "cuda:1 ", "metal",
+        ] {
+            assert!(parse_device(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn env_var_needs_a_portable_unreserved_name() {
+        assert_eq!(
+            parse_env_var("HF_HOME=/data/hf"),
+            Ok(("HF_HOME".to_owned(), "/data/hf".to_owned()))
+        );
+        assert_eq!(
+            parse_env_var("A=b=c"),
+            Ok(("A".to_owned(), "b=c".to_owned()))
+        );
+        assert_eq!(
+            parse_env_var("EMPTY="),
+            Ok(("EMPTY".to_owned(), String::new()))
+        );
+        for bad in [
+            "NOEQUALS",
+            "=value",
+            "1X=1",
+            "A-B=1",
+            "RBEE_WORKER_ID=x",
+            "CUDA_VISIBLE_DEVICES=0",
+        ] {
+            assert!(parse_env_var(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn worker_id_is_worker_dash_hex() {
+        assert!(parse_worker_id("worker-0123456789ab").is_ok());
+        assert!(parse_worker_id(&format!("worker-{}", "a".repeat(64))).is_ok());
+        for bad in [
+            "",
+            "worker-",
+            "worker-xyz",
+            "0123456789ab",
+            "Worker-0123",
+            &format!("worker-{}", "a".repeat(65)),
+        ] {
+            assert!(parse_worker_id(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]

@@ -11,6 +11,11 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::{config::HiveTarget, render::narration::Narrator};
 
+/// Margin before the call's deadline within which a DEADLINE_EXCEEDED from the hive counts as
+/// the call's own timeout. The hive receives the time left in `grpc-timeout` and may give up
+/// slightly before the keeper does.
+const DEADLINE_SLACK: Duration = Duration::from_secs(1);
+
 /// Limits that apply to every hive call of a command.
 #[derive(Debug, Clone, Copy)]
 pub struct FanoutOptions {
@@ -187,7 +192,7 @@ where
                 .get(rbee_proto::JOB_ID_METADATA_KEY)
                 .and_then(|value| value.to_str().ok())
                 .map(str::to_owned);
-            status_error(status, options.timeout)
+            status_error(status, options.timeout, deadline)
         })
     };
 
@@ -242,11 +247,21 @@ pub async fn connect(address: &str, timeout: Duration) -> Result<Channel, CallEr
 /// Maps a gRPC error to a call error. A deadline that passed is reported as a timeout, whether
 /// the hive saw it (DEADLINE_EXCEEDED) or tonic's client did (CANCELLED with `TimeoutExpired`
 /// as the source, from the `grpc-timeout` of the request).
-fn status_error(status: tonic::Status, timeout: Option<Duration>) -> CallError {
-    if let Some(after) = timeout
-        && (status.code() == tonic::Code::DeadlineExceeded || is_client_timeout(&status))
-    {
-        return CallError::Timeout { after };
+///
+/// A DEADLINE_EXCEEDED that arrives well before the call's deadline is the hive's own error,
+/// such as a worker that did not become ready within its readiness timeout, and keeps its code
+/// and message.
+fn status_error(
+    status: tonic::Status,
+    timeout: Option<Duration>,
+    deadline: Option<Instant>,
+) -> CallError {
+    if let (Some(after), Some(deadline)) = (timeout, deadline) {
+        let deadline_passed = Instant::now() + DEADLINE_SLACK >= deadline;
+        let hive_deadline = status.code() == tonic::Code::DeadlineExceeded && deadline_passed;
+        if hive_deadline || is_client_timeout(&status) {
+            return CallError::Timeout { after };
+        }
     }
 
     let mut message = status.message().to_owned();
@@ -367,20 +382,30 @@ mod tests {
     #[test]
     fn deadline_exceeded_counts_as_timeout() {
         let status = tonic::Status::deadline_exceeded("deadline passed");
-        let error = status_error(status, Some(Duration::from_secs(3)));
+        let error = status_error(status, Some(Duration::from_secs(3)), Some(Instant::now()));
         assert_eq!(error.label(), "TIMEOUT");
+    }
+
+    #[test]
+    fn early_deadline_exceeded_is_the_hives_error() {
+        let status = tonic::Status::deadline_exceeded("worker did not become ready within 5s");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let error = status_error(status, Some(Duration::from_secs(70)), Some(deadline));
+        assert_eq!(error.label(), "DEADLINE_EXCEEDED");
+        assert_eq!(error.to_string(), "worker did not become ready within 5s");
     }
 
     #[test]
     fn client_side_timeout_counts_as_timeout() {
         let status = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
-        let error = status_error(status, Some(Duration::from_secs(3)));
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let error = status_error(status, Some(Duration::from_secs(3)), Some(deadline));
         assert_eq!(error.label(), "TIMEOUT");
     }
 
     #[test]
     fn status_keeps_code_and_message() {
-        let error = status_error(tonic::Status::not_found("no such worker"), None);
+        let error = status_error(tonic::Status::not_found("no such worker"), None, None);
         assert_eq!(error.label(), "NOT_FOUND");
         assert_eq!(error.code(), Some("NOT_FOUND"));
         assert_eq!(error.to_string(), "no such worker");

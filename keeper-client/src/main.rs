@@ -15,7 +15,10 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::{
-    cli::{Cli, Command, GlobalArgs, HiveCommand, JobCommand, WorkerCommand, WorkerProcessCommand},
+    cli::{
+        Cli, Command, GlobalArgs, HiveCommand, JobCommand, WorkerActiveCommand, WorkerCommand,
+        WorkerProcessCommand,
+    },
     commands::{Context, DEFAULT_TIMEOUT, UsageError},
     config::ConfigError,
     render::{Exit, write_stderr},
@@ -24,9 +27,14 @@ use crate::{
 /// Grace period the hive applies when `--grace` is not given.
 const HIVE_DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
-/// Time added to the grace period for the default timeout of `worker process delete`, so the
-/// response arrives after a SIGKILL at the end of the grace period.
-const GRACE_MARGIN: Duration = Duration::from_secs(10);
+/// Readiness timeout a hive applies when `--ready-timeout` is not given, unless the hive was
+/// started with another `--ready-timeout-secs`.
+const HIVE_DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Time added to a wait on the hive (a grace period, a readiness timeout) for the default
+/// timeout of the commands that wait. The margin lets the response arrive after the wait has
+/// ended, for example after a SIGKILL at the end of the grace period.
+const WAIT_MARGIN: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -119,6 +127,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
             let context = Context::new(global, process_timeout(global, &command)?)?;
             commands::worker_process::run(&context, command).await
         }
+        Command::Worker(WorkerCommand::Spawn(args)) => {
+            let ready_timeout = args.ready_timeout.unwrap_or(HIVE_DEFAULT_READY_TIMEOUT);
+            let timeout = timeout_beyond_wait(global, ready_timeout, "the ready timeout")?;
+            let spawn = commands::worker_spawn::Spawn::from_args(args)?;
+            let context = Context::new(global, timeout)?;
+            commands::worker_spawn::run(&context, &spawn).await
+        }
+        Command::Worker(WorkerCommand::Active(command)) => {
+            let context = Context::new(global, active_timeout(global, &command)?)?;
+            commands::worker_active::run(&context, command).await
+        }
         Command::Job(JobCommand::Follow {
             job_id,
             wait_for_start,
@@ -141,15 +160,37 @@ fn process_timeout(
         return Ok(Some(global.timeout.unwrap_or(DEFAULT_TIMEOUT)));
     };
     let grace = grace.unwrap_or(HIVE_DEFAULT_GRACE);
+    timeout_beyond_wait(global, grace, "the grace period")
+}
 
+/// `worker active retire` waits for the grace period on the hive, like `worker process delete`.
+fn active_timeout(
+    global: &GlobalArgs,
+    command: &WorkerActiveCommand,
+) -> Result<Option<Duration>, UsageError> {
+    let WorkerActiveCommand::Retire { grace, .. } = command else {
+        return Ok(Some(global.timeout.unwrap_or(DEFAULT_TIMEOUT)));
+    };
+    let grace = grace.unwrap_or(HIVE_DEFAULT_GRACE);
+    timeout_beyond_wait(global, grace, "the grace period")
+}
+
+/// Returns the call timeout of a command that waits `wait` on the hive: `--timeout`, which must
+/// be longer than `wait`, else the default timeout or `wait` plus [`WAIT_MARGIN`], whichever is
+/// longer. `wait_name` names the wait in the error message.
+fn timeout_beyond_wait(
+    global: &GlobalArgs,
+    wait: Duration,
+    wait_name: &str,
+) -> Result<Option<Duration>, UsageError> {
     match global.timeout {
-        Some(timeout) if timeout <= grace => Err(UsageError(format!(
-            "--timeout {} must be longer than the grace period {}, or the call ends before \
-             the hive can answer",
+        Some(timeout) if timeout <= wait => Err(UsageError(format!(
+            "--timeout {} must be longer than {wait_name} {}, or the call ends before the hive can \
+             answer",
             render::format::duration(timeout),
-            render::format::duration(grace)
+            render::format::duration(wait)
         ))),
         Some(timeout) => Ok(Some(timeout)),
-        None => Ok(Some(DEFAULT_TIMEOUT.max(grace + GRACE_MARGIN))),
+        None => Ok(Some(DEFAULT_TIMEOUT.max(wait + WAIT_MARGIN))),
     }
 }

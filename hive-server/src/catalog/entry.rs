@@ -81,7 +81,7 @@ pub struct Manifest {
     pub args: Option<Vec<String>>,
     /// Extra environment variables, values as templates.
     pub env: BTreeMap<String, String>,
-    /// How the hive tells that the worker is ready; default: its port accepts connections.
+    /// Readiness check of the worker; by default, its port accepts connections.
     pub readiness: Option<Readiness>,
 }
 
@@ -146,7 +146,7 @@ pub(super) fn read_entry(
     Some(read.unwrap_or_else(|problem| broken(name, path, layout, problem)))
 }
 
-/// An entry that cannot be used, described by what is wrong with it.
+/// Builds the record of an entry that cannot be used, with what is wrong with it.
 fn broken(name: &WorkerName, path: &Path, layout: Layout, problem: String) -> WorkerBinary {
     let modified_at = std::fs::symlink_metadata(path)
         .and_then(|m| m.modified())

@@ -377,8 +377,9 @@ impl Workers {
     }
 }
 
-/// A worker process between launch and readiness. Dropping it (the request was cancelled)
-/// kills the process group and forgets the worker, so a half-started worker never stays behind.
+/// A worker process between launch and readiness. If it is dropped before `disarm`, because the
+/// hive shuts down or the spawn task panics, it kills the process group and removes the worker
+/// from the registry, so a half-started worker never stays behind.
 struct StartGuard {
     workers: Arc<Workers>,
     id: WorkerId,
@@ -392,7 +393,8 @@ impl StartGuard {
         self.child.as_mut()?.wait().await.ok()
     }
 
-    /// Stops the worker's process tree gracefully, reaps it and forgets the worker.
+    /// Stops the worker's process tree gracefully, reaps it and removes the worker from the
+    /// registry.
     async fn stop(&mut self, narrator: &Narrator) {
         let spawned = self.workers.spawned();
         let identity = Identity {

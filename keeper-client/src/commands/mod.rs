@@ -4,8 +4,10 @@
 pub mod completions;
 pub mod hive;
 pub mod job;
+pub mod worker_active;
 pub mod worker_binary;
 pub mod worker_process;
+pub mod worker_spawn;
 
 use std::{future::Future, time::Duration};
 

@@ -26,6 +26,8 @@ pub async fn run(context: &Context, command: WorkerProcessCommand) -> Exit {
 }
 
 /// A worker process in JSON output: the protobuf fields, with the start time in RFC 3339.
+/// `worker_id`, `model` and `device` are empty and `port` is zero unless the hive spawned the
+/// process.
 #[derive(Debug, Serialize)]
 pub struct WorkerProcessView {
     pid: i32,
@@ -41,6 +43,10 @@ pub struct WorkerProcessView {
     cpu_percent: f64,
     rss_bytes: u64,
     listening_ports: Vec<u32>,
+    worker_id: String,
+    model: String,
+    device: String,
+    port: u32,
 }
 
 impl From<WorkerProcess> for WorkerProcessView {
@@ -58,6 +64,10 @@ impl From<WorkerProcess> for WorkerProcessView {
             cpu_percent: process.cpu_percent,
             rss_bytes: process.rss_bytes,
             listening_ports: process.listening_ports,
+            worker_id: process.worker_id,
+            model: process.model,
+            device: process.device,
+            port: process.port,
         }
     }
 }
@@ -259,25 +269,34 @@ async fn delete(context: &Context, pid: i32, grace: Option<Duration>) -> Exit {
     })
 }
 
-/// Renders one row per worker process, with a HIVE column when several hives were targeted.
+/// Renders one row per worker process, with a HIVE column when several hives were targeted and
+/// a WORKER ID column when a hive spawned any of the processes.
 fn process_table<'a>(
     rows: impl Iterator<Item = (&'a HiveTarget, &'a WorkerProcessView)>,
     several: bool,
     when_empty: &str,
 ) -> String {
+    let rows: Vec<(&HiveTarget, &WorkerProcessView)> = rows.collect();
+    if rows.is_empty() {
+        return when_empty.to_owned();
+    }
+    let any_spawned = rows
+        .iter()
+        .any(|(_, process)| !process.worker_id.is_empty());
+
     let mut headers = Vec::new();
     if several {
         headers.push("HIVE");
     }
-    headers.extend([
-        "PID", "PPID", "WORKER", "USER", "STATE", "CPU%", "RSS", "AGE",
-    ]);
+    headers.extend(["PID", "PPID", "WORKER"]);
+    if any_spawned {
+        headers.push("WORKER ID");
+    }
+    headers.extend(["USER", "STATE", "CPU%", "RSS", "AGE"]);
     headers.extend(["PORTS", "COMMAND"]);
     let mut table = table::new(&headers);
 
-    let mut empty = true;
     for (hive, process) in rows {
-        empty = false;
         let mut row = Vec::new();
         if several {
             row.push(hive.name.clone());
@@ -286,6 +305,11 @@ fn process_table<'a>(
             process.pid.to_string(),
             process.ppid.to_string(),
             process.worker_name.clone(),
+        ]);
+        if any_spawned {
+            row.push(dash_if_empty(&process.worker_id));
+        }
+        row.extend([
             user(process),
             process.state.clone(),
             format!("{:.1}", process.cpu_percent),
@@ -296,20 +320,27 @@ fn process_table<'a>(
         ]);
         table.add_row(row);
     }
-
-    if empty {
-        when_empty.to_owned()
-    } else {
-        table::render(&table)
-    }
+    table::render(&table)
 }
 
-/// `Key: value` lines for one worker process.
+/// `Key: value` lines for one worker process. The lines of a spawned worker (id, model, device,
+/// port) are left out for other processes.
 fn process_details(process: &WorkerProcessView) -> String {
     table::details(&[
         ("PID", process.pid.to_string()),
         ("Parent PID", process.ppid.to_string()),
         ("Worker", process.worker_name.clone()),
+        ("Worker ID", process.worker_id.clone()),
+        ("Model", process.model.clone()),
+        ("Device", process.device.clone()),
+        (
+            "Assigned port",
+            if process.port == 0 {
+                String::new()
+            } else {
+                process.port.to_string()
+            },
+        ),
         ("Executable", process.exe_path.clone()),
         ("Command", process.argv.join(" ")),
         ("User", format!("{} (uid {})", user(process), process.uid)),
@@ -322,6 +353,14 @@ fn process_details(process: &WorkerProcessView) -> String {
         ),
         ("Ports", ports(&process.listening_ports)),
     ])
+}
+
+fn dash_if_empty(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text.to_owned()
+    }
 }
 
 fn user(process: &WorkerProcessView) -> String {

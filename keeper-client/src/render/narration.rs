@@ -25,6 +25,9 @@ const WAIT_FOR_START: Duration = Duration::from_secs(5);
 /// How long to keep reading narration after the response arrived, for the last events.
 const DRAIN_AFTER_RESPONSE: Duration = Duration::from_millis(300);
 
+/// Action of the narration events that carry a line of a worker's log.
+const WORKER_LOG_ACTION: &str = "worker.log";
+
 /// Progress printed as text is printed again only after this many more percent.
 const TEXT_PROGRESS_STEP_PERCENT: u64 = 10;
 
@@ -139,6 +142,10 @@ impl Narrator {
         };
         match &event.progress {
             Some(progress) => self.show_progress(&prefix, hive, event, progress),
+            // A worker's own output, set apart from the hive's steps.
+            None if event.action == WORKER_LOG_ACTION => {
+                self.print(&format!("{prefix}  | {}", event.message));
+            }
             None => self.print(&format!("{prefix}{}", event_text(level, &event.message))),
         }
     }
