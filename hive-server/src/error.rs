@@ -7,7 +7,9 @@ use tonic::{Code, Status};
 use crate::{
     catalog::{CatalogError, WorkerName},
     jobs::JobError,
+    models::ModelError,
     process::ProcessError,
+    provision::ProvisionError,
     workers::WorkerError,
 };
 
@@ -26,6 +28,23 @@ pub enum Error {
     /// An active-worker operation failed.
     #[error(transparent)]
     Worker(#[from] WorkerError),
+    /// A model catalog operation failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A download or build failed.
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+    /// A model cannot be deleted while active workers serve it.
+    #[error(
+        "model {name} is in use by active workers {workers}; retire them first or delete with force",
+        workers = .workers.join(", ")
+    )]
+    ModelInUse {
+        /// The model.
+        name: String,
+        /// Ids of the workers serving it.
+        workers: Vec<String>,
+    },
     /// A request field is invalid.
     #[error("{0}")]
     InvalidArgument(String),
@@ -74,8 +93,14 @@ impl Error {
                 JobError::AlreadyExists(_) => Code::AlreadyExists,
                 JobError::NotFound(_) => Code::NotFound,
                 JobError::ShuttingDown => Code::Unavailable,
+                JobError::AlreadyFinished(_) | JobError::NotCancellable(_) => {
+                    Code::FailedPrecondition
+                }
             },
             Self::Worker(error) => worker_code(error),
+            Self::Model(error) => model_code(error),
+            Self::Provision(error) => provision_code(error),
+            Self::ModelInUse { .. } => Code::FailedPrecondition,
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::BinaryInUse { .. } => Code::FailedPrecondition,
             Self::Overloaded { .. } | Self::TooManyStreams { .. } => Code::ResourceExhausted,
@@ -89,6 +114,7 @@ fn catalog_code(error: &CatalogError) -> Code {
         CatalogError::InvalidName(_) => Code::InvalidArgument,
         CatalogError::NotFound { .. } => Code::NotFound,
         CatalogError::Unusable { .. } => Code::FailedPrecondition,
+        CatalogError::AlreadyExists(_) => Code::AlreadyExists,
         CatalogError::Io { source, .. } => io_code(source),
     }
 }
@@ -102,7 +128,8 @@ fn process_code(error: &ProcessError) -> Code {
     }
 }
 
-fn worker_code(error: &WorkerError) -> Code {
+/// Returns the gRPC code for an active-worker error.
+pub(crate) fn worker_code(error: &WorkerError) -> Code {
     match error {
         WorkerError::Catalog(error) => catalog_code(error),
         WorkerError::Process(error) => process_code(error),
@@ -113,9 +140,39 @@ fn worker_code(error: &WorkerError) -> Code {
         WorkerError::PortInUse(_) | WorkerError::Template(_) | WorkerError::Launch { .. } => {
             Code::FailedPrecondition
         }
+        WorkerError::NotServing(_) => Code::FailedPrecondition,
+        WorkerError::WorkerFailed { .. } => Code::Unavailable,
         WorkerError::ExitedDuringStart { .. } => Code::Aborted,
         WorkerError::NotReady { .. } => Code::DeadlineExceeded,
         WorkerError::State { .. } => Code::Internal,
+    }
+}
+
+fn model_code(error: &ModelError) -> Code {
+    match error {
+        ModelError::InvalidName(_) => Code::InvalidArgument,
+        ModelError::NotFound { .. } => Code::NotFound,
+        ModelError::AlreadyExists(_) => Code::AlreadyExists,
+        ModelError::Io { source, .. } => io_code(source),
+    }
+}
+
+fn provision_code(error: &ProvisionError) -> Code {
+    match error {
+        ProvisionError::InvalidArgument(_) => Code::InvalidArgument,
+        ProvisionError::Catalog(error) => catalog_code(error),
+        ProvisionError::Model(error) => model_code(error),
+        ProvisionError::SourceNotFound(_) => Code::NotFound,
+        ProvisionError::Http { .. } => Code::FailedPrecondition,
+        ProvisionError::Unreachable { .. } => Code::Unavailable,
+        ProvisionError::ChecksumMismatch { .. } => Code::DataLoss,
+        ProvisionError::DiskFull { .. } => Code::ResourceExhausted,
+        ProvisionError::Cancelled => Code::Cancelled,
+        ProvisionError::Busy { .. } | ProvisionError::JoinedJobFailed { .. } => Code::Aborted,
+        ProvisionError::BuildFailed { .. } | ProvisionError::NoArtifact { .. } => {
+            Code::FailedPrecondition
+        }
+        ProvisionError::Io { source, .. } => io_code(source),
     }
 }
 

@@ -1,11 +1,19 @@
 //! `rbee-hive`: flags, logging and signals around [`rbee_hive::server::serve`].
 
-use std::{io::IsTerminal, io::Write, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    ffi::OsString, io::IsTerminal, io::Write, net::SocketAddr, path::PathBuf, process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::Context;
 use clap::Parser;
 use rbee_hive::{
     jobs::JobLimits,
+    security::{
+        self, Security,
+        tls::{self, TlsFiles},
+        token::{BearerToken, TOKEN_ENV},
+    },
     server::{self, HiveConfig},
     service::ServiceLimits,
 };
@@ -18,9 +26,52 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Address to listen on. The default is loopback only; port 0 picks a free port.
+    /// Address to listen on. The default is loopback only; port 0 picks a free port. An
+    /// address beyond loopback needs a token or client certificates, unless
+    /// --insecure-allow-unauthenticated-remote is given.
     #[arg(long, env = "RBEE_HIVE_LISTEN", default_value = rbee_proto::DEFAULT_HIVE_ADDR)]
     listen: SocketAddr,
+
+    /// File holding the bearer token that callers must send as `authorization: Bearer TOKEN`
+    /// (whitespace around it is ignored). RBEE_HIVE_TOKEN may hold the token itself instead. No
+    /// option takes the token itself, because other users can read arguments in /proc. Health
+    /// checks, server reflection and worker heartbeats need no token.
+    #[arg(long, env = "RBEE_HIVE_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
+    /// PEM certificate chain the hive presents. With --tls-key, the hive serves TLS only.
+    #[arg(
+        long,
+        env = "RBEE_HIVE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "RBEE_HIVE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates that client certificates must be signed by. Every connection must
+    /// then present a valid client certificate (mutual TLS). Needs --tls-cert and --tls-key.
+    #[arg(
+        long,
+        env = "RBEE_HIVE_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<PathBuf>,
+
+    /// Listen beyond loopback even with neither a token nor client certificates. Anyone who
+    /// reaches the address can then start and stop processes as this user: use it only on a
+    /// trusted network.
+    #[arg(long)]
+    insecure_allow_unauthenticated_remote: bool,
 
     /// Worker catalog directory [default: $XDG_CACHE_HOME/rbee/workers, else
     /// ~/.cache/rbee/workers].
@@ -76,18 +127,67 @@ struct Args {
     verbose: u8,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    let token_env = take_token_env();
     let args = Args::parse();
     init_tracing(args.verbose);
 
+    // The error chain alone, without the backtrace that `RUST_BACKTRACE` adds to a returned
+    // `anyhow::Error`: `rbee hive start` shows the last lines of this output.
+    match start(args, token_env) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: Args, token_env: Option<OsString>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
-    let result = runtime.block_on(run(args));
+    let result = runtime.block_on(run(args, token_env));
     // A blocking task stuck on a slow file system must not keep a stopped hive alive.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+/// Reads `RBEE_HIVE_TOKEN` and removes it from the environment, so that workers and other
+/// children of the hive do not inherit the token.
+#[allow(unsafe_code)]
+fn take_token_env() -> Option<OsString> {
+    let value = std::env::var_os(TOKEN_ENV)?;
+    // SAFETY: called first thing in `main`, before the runtime or anything else starts a
+    // thread, so no other thread can read the environment at the same time.
+    unsafe { std::env::remove_var(TOKEN_ENV) };
+    Some(value)
+}
+
+/// Reads the token and TLS files and checks that the listen address is safe with them.
+fn load_security(args: &Args, token_env: Option<OsString>) -> anyhow::Result<Security> {
+    let token = BearerToken::load(args.token_file.as_deref(), token_env)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(&TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca.clone(),
+        })?),
+        _ => None,
+    };
+    let security = Security {
+        token,
+        client_certificates: tls.is_some() && args.tls_client_ca.is_some(),
+        tls,
+    };
+    security::check_exposure(
+        args.listen,
+        &security,
+        args.insecure_allow_unauthenticated_remote,
+    )?;
+    Ok(security)
+}
+
+async fn run(args: Args, token_env: Option<OsString>) -> anyhow::Result<()> {
+    let security = load_security(&args, token_env)?;
     let config = HiveConfig {
         catalog_dir: match args.catalog_dir {
             Some(dir) => dir,
@@ -112,6 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         job_limits: JobLimits::default(),
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        security,
     };
 
     let listener = tokio::net::TcpListener::bind(args.listen)

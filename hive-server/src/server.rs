@@ -1,4 +1,5 @@
-//! Builds and runs the tonic server: the hive service, reflection, health, limits, shutdown.
+//! Builds and runs the tonic server: the hive service, reflection, health, limits,
+//! authentication, TLS, shutdown.
 
 use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 
@@ -11,7 +12,10 @@ use crate::{
     catalog::Catalog,
     host,
     jobs::{JobLimits, Jobs},
-    service::{HiveApi, HiveIdentity, ServiceLimits},
+    models::ModelCatalog,
+    provision::Provisioner,
+    security::{Security, layer::AuthLayer},
+    service::{HiveApi, HiveIdentity, HiveParts, ServiceLimits},
     workers::{Workers, WorkersConfig},
 };
 
@@ -42,6 +46,8 @@ pub struct HiveConfig {
     pub job_limits: JobLimits,
     /// How long shutdown waits for requests in flight before it exits anyway.
     pub drain_timeout: Duration,
+    /// Bearer token and TLS of the listener.
+    pub security: Security,
 }
 
 /// Errors that stop a hive from starting or serving.
@@ -50,6 +56,12 @@ pub enum ServeError {
     /// The catalog directory cannot be used.
     #[error("cannot open the worker catalog: {0}")]
     Catalog(#[from] crate::catalog::CatalogError),
+    /// The model catalog cannot be opened.
+    #[error("cannot open the model catalog: {0}")]
+    Models(#[from] crate::models::ModelError),
+    /// The provisioner cannot be set up.
+    #[error("cannot set up downloads: {0}")]
+    Provision(#[from] crate::provision::ProvisionError),
     /// The worker registry cannot be opened.
     #[error("cannot open the worker registry: {0}")]
     Workers(#[from] crate::workers::WorkerError),
@@ -91,10 +103,14 @@ pub async fn serve(
         .unwrap_or_else(|| host::HostFacts::read().hostname);
 
     let local_addr = listener.local_addr().ok();
+    let models = Arc::new(ModelCatalog::open(&config.model_dir)?);
     let workers = Workers::open(
         WorkersConfig {
             state_dir: config.state_dir.clone(),
-            model_dir: config.model_dir.clone(),
+            model_dir: models.dir().to_owned(),
+            // NOTE: with TLS on, a worker that sends heartbeats must connect to this address with
+            // TLS, and a client certificate too when client certificates are required. Workers
+            // that cannot fall back to readiness checks.
             hive_addr: local_addr.map(reachable_address).unwrap_or_default(),
             heartbeat_interval: config.heartbeat_interval,
             log_max_bytes: config.worker_log_max_bytes,
@@ -105,14 +121,24 @@ pub async fn serve(
 
     let stopping = CancellationToken::new();
     let jobs = Arc::new(Jobs::new(config.job_limits, stopping.clone()));
-    let api = HiveApi::new(
-        HiveIdentity {
-            id: hive_id.clone(),
-            name: name.clone(),
-        },
+    let provisioner = Arc::new(Provisioner::new(
         Arc::clone(&catalog),
+        Arc::clone(&models),
         Arc::clone(&jobs),
-        Arc::clone(&workers),
+        config.state_dir.join("builds"),
+    )?);
+    let api = HiveApi::new(
+        HiveParts {
+            identity: HiveIdentity {
+                id: hive_id.clone(),
+                name: name.clone(),
+            },
+            catalog: Arc::clone(&catalog),
+            jobs: Arc::clone(&jobs),
+            workers: Arc::clone(&workers),
+            models,
+            provisioner,
+        },
         config.limits,
     );
     let monitor = tokio::spawn(Arc::clone(&workers).monitor(stopping.clone()));
@@ -133,10 +159,16 @@ pub async fn serve(
         name,
         catalog = %catalog.dir().display(),
         address = ?local_addr,
+        security = config.security.label(),
         "hive started"
     );
 
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.security.tls {
+        builder = builder.tls_config(tls.clone())?;
+    }
+    let server = builder
+        .layer(AuthLayer::new(config.security.token.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

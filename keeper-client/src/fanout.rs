@@ -7,9 +7,20 @@ use std::{future::Future, time::Duration};
 use futures::{StreamExt, stream};
 use rbee_proto::v1::hive_service_client::HiveServiceClient;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
 
-use crate::{config::HiveTarget, render::narration::Narrator};
+use crate::{
+    config::HiveTarget,
+    credentials::{self, Authorization},
+    render::narration::Narrator,
+};
+
+/// Connection to one hive that sends the hive's bearer token, when one is configured, with
+/// every request.
+pub type HiveChannel = InterceptedService<Channel, Authorization>;
 
 /// Margin before the call's deadline within which a DEADLINE_EXCEEDED from the hive counts as
 /// the call's own timeout. The hive receives the time left in `grpc-timeout` and may give up
@@ -96,7 +107,7 @@ pub enum CallMode<'a> {
 #[derive(Debug, Clone)]
 pub struct Call {
     hive_name: String,
-    channel: Channel,
+    channel: HiveChannel,
     job_id: String,
     deadline: Option<Instant>,
 }
@@ -108,12 +119,12 @@ impl Call {
     }
 
     /// Client of the hive API over this hive's connection.
-    pub fn hive_client(&self) -> HiveServiceClient<Channel> {
+    pub fn hive_client(&self) -> HiveServiceClient<HiveChannel> {
         HiveServiceClient::new(self.channel.clone())
     }
 
     /// The connection, for clients of other services on the hive (health).
-    pub fn channel(&self) -> Channel {
+    pub fn channel(&self) -> HiveChannel {
         self.channel.clone()
     }
 
@@ -168,7 +179,7 @@ where
     let mut connected = false;
     let mut job_id_from_hive = None;
     let work = async {
-        let channel = connect(&target.address, options.connect_timeout).await?;
+        let channel = connect(target, options.connect_timeout).await?;
         connected = true;
         tracing::debug!(hive = %target.name, job_id, "connected, sending request");
 
@@ -217,21 +228,40 @@ where
     }
 }
 
-/// Opens a connection, failing as `Unreachable` when that takes longer than `timeout`.
+/// Opens a connection, with TLS when the hive's settings ask for it, failing as `Unreachable`
+/// when that takes longer than `timeout`. The token and TLS files are read here, and a file that
+/// cannot be used also fails as `Unreachable`, with the reason, for this hive only.
 ///
 /// The whole connect is bounded here, not only the TCP handshake that tonic's own connect
 /// timeout covers, because a stopped process still completes TCP handshakes from its listen
 /// backlog.
-pub async fn connect(address: &str, timeout: Duration) -> Result<Channel, CallError> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+pub async fn connect(target: &HiveTarget, timeout: Duration) -> Result<HiveChannel, CallError> {
+    let address = &target.address;
+    let unusable = |reason: String| CallError::Unreachable { reason };
+    let authorization = credentials::authorization(&target.security).map_err(unusable)?;
+
+    let scheme = if target.security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
         .map_err(|error| CallError::Unreachable {
             reason: format!("invalid address {address:?}: {error}"),
         })?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
+    if let Some(tls) = &target.security.tls {
+        let config = credentials::client_tls(tls, address).map_err(unusable)?;
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|error| CallError::Unreachable {
+                reason: format!("invalid TLS settings: {}", innermost_message(&error)),
+            })?;
+    }
 
     match tokio::time::timeout(timeout, endpoint.connect()).await {
-        Ok(Ok(channel)) => Ok(channel),
+        Ok(Ok(channel)) => Ok(InterceptedService::new(channel, authorization)),
         Ok(Err(error)) => Err(CallError::Unreachable {
             reason: format!("failed to connect: {}", innermost_message(&error)),
         }),
@@ -336,10 +366,14 @@ mod tests {
     #[tokio::test]
     async fn closed_port_is_unreachable() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap().to_string();
+        let target = HiveTarget {
+            name: "closed".to_owned(),
+            address: listener.local_addr().unwrap().to_string(),
+            security: Default::default(),
+        };
         drop(listener);
 
-        let error = connect(&address, Duration::from_secs(2)).await.unwrap_err();
+        let error = connect(&target, Duration::from_secs(2)).await.unwrap_err();
         assert_eq!(error.label(), "UNREACHABLE");
         assert!(error.to_string().contains("refused"), "{error}");
     }
@@ -351,6 +385,7 @@ mod tests {
         let target = HiveTarget {
             name: "silent".to_owned(),
             address: listener.local_addr().unwrap().to_string(),
+            security: Default::default(),
         };
         let options = FanoutOptions {
             concurrency: 4,

@@ -3,9 +3,10 @@
 //! again and check that the pid still belongs to that hive.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::{self, Read, Seek, SeekFrom},
+    fs::{self, DirBuilder, File, OpenOptions},
+    io::{self, Read, Seek, SeekFrom, Write},
     net::SocketAddr,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -16,7 +17,7 @@ use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::config::{self, ConfigError};
+use crate::config::{self, ConfigError, LocalhostHive};
 
 /// Name of the hive executable.
 const HIVE_BINARY: &str = "rbee-hive";
@@ -68,6 +69,10 @@ pub struct PidRecord {
     pub log_file: PathBuf,
     /// Worker catalog directory passed to the hive.
     pub catalog_dir: PathBuf,
+    /// Token file passed to the hive. Commands to `localhost` send the token it contains. It is
+    /// absent in pid files written before tokens existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// State of the local hive according to its pid file.
@@ -166,12 +171,15 @@ pub fn inspect(paths: &Paths) -> Result<LocalHive, LocalHiveError> {
     }
 }
 
-/// Address of the running local hive, if `rbee hive start` started one. Errors count as "none",
-/// because this only chooses the default address of `localhost`.
-pub fn running_address() -> Option<String> {
+/// Address and token file of the running local hive, if `rbee hive start` started one. Errors
+/// count as "none", because this only chooses the settings of `localhost`.
+pub fn running_hive() -> Option<LocalhostHive> {
     let paths = Paths::new().ok()?;
     match inspect(&paths) {
-        Ok(LocalHive::Running(record)) => Some(record.address),
+        Ok(LocalHive::Running(record)) => Some(LocalhostHive {
+            address: record.address,
+            token_file: record.token_file,
+        }),
         _ => None,
     }
 }
@@ -197,6 +205,13 @@ pub fn find_binary(explicit: Option<&Path>) -> Result<PathBuf, LocalHiveError> {
         .ok_or(LocalHiveError::BinaryNotFound { beside })
 }
 
+/// Returns the absolute path of the token file given to `rbee hive start`, failing when it does
+/// not exist: the hive may run from another directory, and the pid file records the path for
+/// later commands.
+pub fn absolute_token_file(path: &Path) -> Result<PathBuf, LocalHiveError> {
+    fs::canonicalize(path).map_err(LocalHiveError::file("read the token file", path))
+}
+
 /// How to start the hive.
 #[derive(Debug)]
 pub struct StartOptions {
@@ -208,6 +223,8 @@ pub struct StartOptions {
     pub catalog_dir: PathBuf,
     /// `--name`, if given.
     pub name: Option<String>,
+    /// `--token-file`, if given, as an absolute path.
+    pub token_file: Option<PathBuf>,
 }
 
 /// A hive this command started, not yet known to be healthy.
@@ -223,7 +240,18 @@ pub struct Started {
 
 /// Starts the hive in its own process group, so Ctrl-C in the terminal does not reach it, with
 /// stdout and stderr appended to the log file, and writes the pid file.
+///
+/// The hive gets the path of the token file, never the token: arguments are visible to every
+/// user in `/proc`. The state directory, the log and the pid file are created for the owner
+/// only, because the log records what the hive did and the pid file names the token file.
 pub fn spawn(paths: &Paths, options: &StartOptions) -> Result<Started, LocalHiveError> {
+    if let Some(state_dir) = paths.hive_state_dir.parent() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(LocalHiveError::file("create", state_dir))?;
+    }
     for dir in [&paths.hive_state_dir, &options.catalog_dir] {
         fs::create_dir_all(dir).map_err(LocalHiveError::file("create", dir))?;
     }
@@ -231,6 +259,7 @@ pub fn spawn(paths: &Paths, options: &StartOptions) -> Result<Started, LocalHive
     let log = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&paths.log_file)
         .map_err(LocalHiveError::file("open", &paths.log_file))?;
     let log_offset = log
@@ -256,6 +285,9 @@ pub fn spawn(paths: &Paths, options: &StartOptions) -> Result<Started, LocalHive
     if let Some(name) = &options.name {
         command.arg("--name").arg(name);
     }
+    if let Some(token_file) = &options.token_file {
+        command.arg("--token-file").arg(token_file);
+    }
 
     let child = command.spawn().map_err(|source| LocalHiveError::Spawn {
         path: options.binary.clone(),
@@ -279,6 +311,7 @@ pub fn spawn(paths: &Paths, options: &StartOptions) -> Result<Started, LocalHive
             .as_secs(),
         log_file: paths.log_file.clone(),
         catalog_dir: options.catalog_dir.clone(),
+        token_file: options.token_file.clone(),
     };
     write_pid_file(paths, &record)?;
 
@@ -343,6 +376,10 @@ impl Started {
     /// pid file.
     pub async fn abort(mut self, paths: &Paths) {
         let pid = self.record.pid;
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            let _ = fs::remove_file(&paths.pid_file);
+            return;
+        }
         if let Err(error) = send_signal(&self.record, Signal::TERM, "SIGTERM") {
             tracing::warn!(pid, %error, "failed to stop rbee-hive after a failed start");
         }
@@ -467,7 +504,14 @@ fn write_pid_file(paths: &Paths, record: &PidRecord) -> Result<(), LocalHiveErro
     let text = serde_json::to_string_pretty(record).unwrap_or_default() + "\n";
     // Written beside and renamed, so a reader never sees half a file.
     let temporary = paths.pid_file.with_extension("pid.tmp");
-    fs::write(&temporary, text).map_err(LocalHiveError::file("write", &temporary))?;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(LocalHiveError::file("write", &temporary))?;
     fs::rename(&temporary, &paths.pid_file).map_err(LocalHiveError::file("write", &paths.pid_file))
 }
 
@@ -485,6 +529,8 @@ fn read_log_from(path: &Path, offset: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -509,6 +555,7 @@ mod tests {
             started_at_unix: 0,
             log_file: PathBuf::new(),
             catalog_dir: PathBuf::new(),
+            token_file: None,
         };
         assert!(is_recorded_process(&record));
 
@@ -541,9 +588,15 @@ mod tests {
             started_at_unix: 0,
             log_file: paths.log_file.clone(),
             catalog_dir: PathBuf::new(),
+            token_file: Some(PathBuf::from("/run/rbee/token")),
         };
         write_pid_file(&paths, &record).unwrap();
-        assert!(matches!(inspect(&paths), Ok(LocalHive::Stale(_))));
+        let mode = fs::metadata(&paths.pid_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the pid file is for its owner only");
+        match inspect(&paths) {
+            Ok(LocalHive::Stale(read)) => assert_eq!(read.token_file, record.token_file),
+            other => panic!("expected a stale record, got {other:?}"),
+        }
 
         fs::write(&paths.pid_file, "not json").unwrap();
         assert!(matches!(

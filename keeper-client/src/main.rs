@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod config;
+mod credentials;
 mod fanout;
 mod local_hive;
 mod render;
@@ -16,10 +17,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::{
     cli::{
-        Cli, Command, GlobalArgs, HiveCommand, JobCommand, WorkerActiveCommand, WorkerCommand,
-        WorkerProcessCommand,
+        Cli, Command, GlobalArgs, HiveCommand, JobCommand, ModelCommand, WorkerActiveCommand,
+        WorkerCommand, WorkerProcessCommand,
     },
-    commands::{Context, DEFAULT_TIMEOUT, UsageError},
+    commands::{Context, DEFAULT_TIMEOUT, UsageError, long_job::LONG_JOB_TIMEOUT},
     config::ConfigError,
     render::{Exit, write_stderr},
 };
@@ -53,11 +54,15 @@ fn main() -> ExitCode {
         }
     };
 
+    // Downloads and builds handle Ctrl-C themselves: they send CancelJob to the hives before
+    // they exit, which needs their future alive. `infer` ends the line of text it was printing.
+    let command_handles_ctrl_c =
+        cancels_jobs_on_ctrl_c(&cli.command) || matches!(cli.command, Command::Infer(_));
     let exit = runtime.block_on(async {
         tokio::select! {
             exit = run(cli) => exit,
             // Returning drops the command's future, which cancels every in-flight call.
-            _ = tokio::signal::ctrl_c() => {
+            _ = tokio::signal::ctrl_c(), if !command_handles_ctrl_c => {
                 write_stderr("interrupted: in-flight requests were cancelled");
                 Exit::Interrupted
             }
@@ -65,6 +70,15 @@ fn main() -> ExitCode {
     });
     runtime.shutdown_timeout(Duration::from_millis(100));
     ExitCode::from(exit.code())
+}
+
+/// Returns whether `command` waits for a download or build, which Ctrl-C cancels on the hives.
+fn cancels_jobs_on_ctrl_c(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Worker(WorkerCommand::Download(_) | WorkerCommand::Build(_))
+            | Command::Model(ModelCommand::Download(_))
+    )
 }
 
 /// Logs go to stderr at `warn` by default; each `-v` raises the level, `RUST_LOG` overrides.
@@ -138,6 +152,31 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
             let context = Context::new(global, active_timeout(global, &command)?)?;
             commands::worker_active::run(&context, command).await
         }
+        Command::Worker(WorkerCommand::Download(args)) => {
+            let context = Context::new(global, Some(long_job_timeout(global)))?;
+            commands::worker_download::run(&context, args).await
+        }
+        Command::Worker(WorkerCommand::Build(args)) => {
+            let context = Context::new(global, Some(long_job_timeout(global)))?;
+            commands::worker_build::run(&context, args).await
+        }
+        Command::Model(ModelCommand::Download(args)) => {
+            let context = Context::new(global, Some(long_job_timeout(global)))?;
+            commands::model::run(&context, ModelCommand::Download(args)).await
+        }
+        Command::Model(command) => {
+            let context = Context::new(global, default_timeout)?;
+            commands::model::run(&context, command).await
+        }
+        Command::Infer(args) => {
+            let timeout = global.timeout.unwrap_or(commands::infer::INFER_TIMEOUT);
+            let context = Context::new(global, Some(timeout))?;
+            commands::infer::run(&context, args, global.quiet).await
+        }
+        Command::Job(JobCommand::Cancel { job_id }) => {
+            let context = Context::new(global, default_timeout)?;
+            commands::job::cancel(&context, job_id).await
+        }
         Command::Job(JobCommand::Follow {
             job_id,
             wait_for_start,
@@ -148,6 +187,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Exit> {
         }
     };
     Ok(exit)
+}
+
+/// Downloads and builds last as long as the transfer or the compiler takes, so their default
+/// timeout is [`LONG_JOB_TIMEOUT`].
+fn long_job_timeout(global: &GlobalArgs) -> Duration {
+    global.timeout.unwrap_or(LONG_JOB_TIMEOUT)
 }
 
 /// `worker process delete` waits for the grace period on the hive, so its call must be allowed
@@ -192,5 +237,38 @@ fn timeout_beyond_wait(
         ))),
         Some(timeout) => Ok(Some(timeout)),
         None => Ok(Some(DEFAULT_TIMEOUT.max(wait + WAIT_MARGIN))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("rbee").chain(args.iter().copied()))
+            .expect("valid command line")
+            .command
+    }
+
+    #[test]
+    fn downloads_and_builds_handle_ctrl_c() {
+        let url = ["--url", "http://127.0.0.1:8000/x"];
+        let download = [&["worker", "download", "w"][..], &url].concat();
+        let model = [&["model", "download", "m.gguf"][..], &url].concat();
+        let build = ["worker", "build", "w", "--source", "/src"];
+        assert!(cancels_jobs_on_ctrl_c(&command(&download)));
+        assert!(cancels_jobs_on_ctrl_c(&command(&model)));
+        assert!(cancels_jobs_on_ctrl_c(&command(&build)));
+    }
+
+    #[test]
+    fn other_commands_leave_ctrl_c_to_main() {
+        for args in [
+            &["model", "list"][..],
+            &["worker", "binary", "list"],
+            &["job", "cancel", "job-1"],
+        ] {
+            assert!(!cancels_jobs_on_ctrl_c(&command(args)), "{args:?}");
+        }
     }
 }

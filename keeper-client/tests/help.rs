@@ -20,6 +20,14 @@ const COMMANDS: &[&[&str]] = &[
     &["worker", "active", "list"],
     &["worker", "active", "get"],
     &["worker", "active", "retire"],
+    &["worker", "download"],
+    &["worker", "build"],
+    &["model"],
+    &["model", "download"],
+    &["model", "list"],
+    &["model", "get"],
+    &["model", "delete"],
+    &["infer"],
     &["hive"],
     &["hive", "info"],
     &["hive", "list"],
@@ -28,6 +36,7 @@ const COMMANDS: &[&[&str]] = &[
     &["hive", "status"],
     &["job"],
     &["job", "follow"],
+    &["job", "cancel"],
     &["completions"],
 ];
 

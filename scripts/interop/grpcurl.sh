@@ -187,10 +187,11 @@ check_described "services listed by reflection" lines \
 reflect describe "$SERVICE"
 # A method added to the service fails this check until this script calls it too.
 check_described "methods of $SERVICE" methods \
-    '["DeleteWorkerBinary", "DeleteWorkerProcess", "GetActiveWorker", "GetHiveInfo",
-      "GetWorkerBinary", "GetWorkerProcess", "Heartbeat", "ListActiveWorkers",
-      "ListWorkerBinaries", "ListWorkerProcesses", "Narrate", "RetireActiveWorker",
-      "SpawnWorker"]'
+    '["BuildWorker", "CancelJob", "DeleteModel", "DeleteWorkerBinary", "DeleteWorkerProcess",
+      "DownloadModel", "DownloadWorker", "GetActiveWorker", "GetHiveInfo", "GetModel",
+      "GetWorkerBinary", "GetWorkerProcess", "Heartbeat", "Infer", "ListActiveWorkers",
+      "ListModels", "ListWorkerBinaries", "ListWorkerProcesses", "Narrate",
+      "RetireActiveWorker", "SpawnWorker"]'
 reflect describe rbee.hive.v1.WorkerProcess
 check_described "fields of rbee.hive.v1.WorkerProcess" fields \
     '[["pid", 1], ["ppid", 2], ["worker_name", 3], ["exe_path", 4], ["argv", 5], ["uid", 6],
@@ -430,5 +431,38 @@ call_expecting_error RetireActiveWorker "{\"worker_id\": \"$spawned_id\"}" NotFo
 call ListWorkerProcesses '{}'
 check "worker processes at the end" 'r["processes"]' '[]'
 process_running "$BYSTANDER_PID" || fail "the non-worker pid $BYSTANDER_PID is gone at the end"
+
+step "DownloadWorker, models, BuildWorker, CancelJob and Infer"
+printf '#!/bin/sh\nexit 0\n' >"$INTEROP_WORK_DIR/imported-worker"
+call DownloadWorker "{\"job_id\": \"grpcurl-download\", \"name\": \"imported-worker\",
+    \"url\": \"file://$INTEROP_WORK_DIR/imported-worker\", \"version\": \"0.1.0\"}"
+check "downloaded worker binary" \
+    '[r["jobId"], r["binary"]["name"], r["binary"]["layout"], r["binary"]["executable"], r["binary"]["platform"], r["binary"]["version"]]' \
+    '["grpcurl-download", "imported-worker", "BINARY_LAYOUT_DIRECTORY", true, "script", "0.1.0"]'
+call_expecting_error DownloadWorker \
+    "{\"name\": \"imported-worker\", \"url\": \"file://$INTEROP_WORK_DIR/imported-worker\"}" \
+    AlreadyExists ""
+call_expecting_error DownloadWorker '{"name": "w", "url": "ftp://127.0.0.1/w"}' InvalidArgument ""
+
+printf "GGUF tiny model" >"$INTEROP_WORK_DIR/downloaded.gguf"
+call DownloadModel "{\"name\": \"downloaded.gguf\", \"url\": \"file://$INTEROP_WORK_DIR/downloaded.gguf\"}"
+check "downloaded model" '[r["model"]["name"], r["model"]["format"], r["model"]["sizeBytes"]]' \
+    '["downloaded.gguf", "gguf", "15"]'
+call ListModels '{}'
+check "listed models" '[m["name"] for m in r["models"]]' '["downloaded.gguf", "tiny.gguf"]'
+call GetModel '{"name": "downloaded.gguf"}'
+check "model source" 'r["model"]["sourceUrl"]' "\"file://$INTEROP_WORK_DIR/downloaded.gguf\""
+call DeleteModel '{"name": "downloaded.gguf"}'
+check "deleted model" '[r["model"]["name"], r["retiredWorkers"]]' '["downloaded.gguf", []]'
+call_expecting_error GetModel '{"job_id": "grpcurl-get-model", "name": "downloaded.gguf"}' \
+    NotFound grpcurl-get-model
+
+call_expecting_error BuildWorker '{"name": "built", "source": "relative/dir"}' InvalidArgument ""
+call_expecting_error CancelJob '{"job_id": "grpcurl-no-such-job"}' NotFound none
+call_expecting_error CancelJob '{"job_id": "grpcurl-download"}' FailedPrecondition none
+call_expecting_error Infer '{"model": "downloaded.gguf", "prompt": "Hello"}' FailedPrecondition ""
+expected_infer_error='no ready worker serves model "downloaded.gguf"; no models are being served'
+[[ "$ERROR_MESSAGE" == "$expected_infer_error" ]] ||
+    fail "Infer without workers: message $ERROR_MESSAGE, expected $expected_infer_error"
 
 echo "grpcurl interop: all checks passed"

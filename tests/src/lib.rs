@@ -17,6 +17,8 @@ use rbee_proto::v1::hive_service_client::HiveServiceClient;
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
+pub mod http;
+
 /// Returns the path of a binary built from this workspace (`rbee-hive`, `rbee`).
 ///
 /// Test executables live in `target/<profile>/deps/`, the binaries one level up. They are built
@@ -95,6 +97,15 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Environment variables that set a hive's token or TLS files.
+pub const HIVE_SECURITY_ENV: [&str; 5] = [
+    "RBEE_HIVE_TOKEN",
+    "RBEE_HIVE_TOKEN_FILE",
+    "RBEE_HIVE_TLS_CERT",
+    "RBEE_HIVE_TLS_KEY",
+    "RBEE_HIVE_TLS_CLIENT_CA",
+];
+
 /// Options of a test hive.
 #[derive(Debug, Default, Clone)]
 pub struct HiveOptions {
@@ -124,17 +135,38 @@ impl TestHive {
         Self::start_in(dir, options)
     }
 
+    /// Starts a hive with `options` and the environment variables `env`, such as
+    /// `RBEE_HIVE_TOKEN`.
+    pub fn start_with_env(options: HiveOptions, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        fs::create_dir_all(dir.path().join("catalog")).expect("catalog dir");
+        Self::start_in_with_env(dir, options, env)
+    }
+
     /// Starts a hive on the catalog and state directories inside `dir`, for example again after
     /// a previous hive on them stopped.
     pub fn start_in(dir: TempDir, options: HiveOptions) -> Self {
+        Self::start_in_with_env(dir, options, &[])
+    }
+
+    /// Like [`TestHive::start_in`], with the environment variables `env` set for the hive.
+    /// Token and TLS variables of the test's own environment never reach the hive.
+    pub fn start_in_with_env(dir: TempDir, options: HiveOptions, env: &[(&str, &str)]) -> Self {
         let log = fs::File::create(dir.path().join("hive.log")).expect("log file");
-        let mut child = Command::new(workspace_bin("rbee-hive"))
+        let mut command = Command::new(workspace_bin("rbee-hive"));
+        for variable in HIVE_SECURITY_ENV {
+            command.env_remove(variable);
+        }
+        command.envs(env.iter().copied());
+        let mut child = command
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--catalog-dir")
             .arg(dir.path().join("catalog"))
             .arg("--state-dir")
             .arg(dir.path().join("state"))
+            .arg("--model-dir")
+            .arg(dir.path().join("models"))
             .arg("--name")
             .arg("test-hive")
             .args(&options.args)
@@ -168,6 +200,16 @@ impl TestHive {
     /// Catalog directory.
     pub fn catalog_dir(&self) -> PathBuf {
         self.dir.path().join("catalog")
+    }
+
+    /// Model directory.
+    pub fn model_dir(&self) -> PathBuf {
+        self.dir.path().join("models")
+    }
+
+    /// State directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// Address as `host:port`.
@@ -253,15 +295,16 @@ impl TestWorker {
             .expect("start test worker");
         let stdout = child.stdout.take().expect("worker stdout");
         let process = ChildGuard::new(child);
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read worker output");
-        let port = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("worker did not start: {line:?}"));
+        // Lines about forked children come first.
+        let mut stdout = BufReader::new(stdout);
+        let port = loop {
+            let mut line = String::new();
+            let read = stdout.read_line(&mut line).expect("read worker output");
+            assert!(read > 0, "worker exited before it listened");
+            if let Some(port) = line.trim().strip_prefix("listening on ") {
+                break port.parse().expect("port number");
+            }
+        };
         Self { port, process }
     }
 
@@ -305,5 +348,85 @@ pub fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<std::pr
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Returns the resident set size of process `pid` in bytes (`VmRSS` in `/proc/PID/status`), or
+/// `None` when the process is gone.
+pub fn rss_bytes(pid: i32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Returns the start time of process `pid` in clock ticks after boot (field 22 of
+/// `/proc/PID/stat`), or `None` when the process is gone. With the pid, it identifies one
+/// process even after the pid is reused.
+pub fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces; the
+    // state is field 3, so the start time is the 20th of these.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Returns whether process `pid` runs: it exists and is neither a zombie nor dead.
+pub fn is_running(pid: i32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}
+
+/// A process that a test caused to start without being its parent: a worker spawned by a test
+/// hive, or a child forked by a test worker.
+///
+/// On drop it is killed with SIGKILL if it still runs with the recorded start time, so a failing
+/// test leaves nothing behind and a reused pid is never hit, and reaped if it became a child of
+/// the test process.
+#[derive(Debug)]
+pub struct PidGuard {
+    pid: i32,
+    start_ticks: Option<u64>,
+}
+
+impl PidGuard {
+    /// Guards the process that runs as `pid` now.
+    pub fn new(pid: i32) -> Self {
+        Self {
+            pid,
+            start_ticks: start_ticks(pid),
+        }
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+}
+
+impl Drop for PidGuard {
+    fn drop(&mut self) {
+        use nix::{
+            sys::{signal, wait},
+            unistd::Pid,
+        };
+        let pid = Pid::from_raw(self.pid);
+        let same_process = self.start_ticks.is_some() && start_ticks(self.pid) == self.start_ticks;
+        let killed = same_process && signal::kill(pid, signal::Signal::SIGKILL).is_ok();
+        // Fails with ECHILD unless the process was reparented to this one (a subreaper). Only a
+        // process just killed is waited for; anything else is reaped only if it already exited.
+        let flags = (!killed).then_some(wait::WaitPidFlag::WNOHANG);
+        let _ = wait::waitpid(pid, flags);
     }
 }

@@ -167,7 +167,13 @@ async fn spawned_worker_is_ready_listed_and_retired() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(retired.stopped.unwrap().method(), StopMethod::Terminated);
+    let stopped = retired.stopped.unwrap();
+    assert_eq!(stopped.method(), StopMethod::Terminated);
+    assert_eq!(
+        stopped.exit_code,
+        Some(0),
+        "the hive reaps its own workers and reports how"
+    );
     assert!(!process_exists(worker.pid));
     assert!(!accepts_connections(worker.port));
     let active = client

@@ -83,6 +83,9 @@ pub struct Manifest {
     pub env: BTreeMap<String, String>,
     /// Readiness check of the worker; by default, its port accepts connections.
     pub readiness: Option<Readiness>,
+    /// Launch preset: `llama-server` for llama.cpp's server, whose arguments, readiness check
+    /// and completion API the hive then knows. Entries named `llama-server` use it by default.
+    pub preset: Option<String>,
 }
 
 /// Readiness check of a worker.
@@ -339,21 +342,28 @@ fn digest(
 
     // Hashed without holding the lock, so one large file does not stall other requests.
     file.seek(SeekFrom::Start(0))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0; 64 * 1024];
-    loop {
-        let read = file.read(&mut buffer)?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-    }
-    let hex = hex::encode(hasher.finalize());
+    let hex = sha256_hex(file)?;
     digests
         .lock()
         .expect("digest cache lock poisoned")
         .insert(path.to_owned(), (identity, hex.clone()));
     Ok(hex)
+}
+
+/// Returns the lowercase hex SHA-256 of everything `reader` yields.
+pub(crate) fn sha256_hex(reader: &mut impl Read) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let read = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buffer[..read]);
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Reads up to the first 20 bytes: enough for the ELF identification and machine fields.

@@ -16,15 +16,19 @@ use std::{
 };
 
 pub use entry::{Layout, Manifest, Readiness, WorkerBinary};
-pub use name::{InvalidName, MAX_NAME_BYTES, WorkerName};
+pub use name::{InvalidName, MAX_NAME_BYTES, WorkerName, check_entry_name};
 
 use entry::DigestCache;
+pub(crate) use entry::sha256_hex;
 
 /// File name of the manifest inside a folder entry.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 /// Prefix of the hidden folders a folder entry is moved to while it is deleted.
 const TRASH_PREFIX: &str = ".rbee-trash-";
+
+/// Prefix of the hidden folders new entries are assembled in before they are installed.
+const STAGING_PREFIX: &str = ".rbee-install-";
 
 /// Errors of catalog operations.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +44,9 @@ pub enum CatalogError {
         /// The catalog directory.
         dir: PathBuf,
     },
+    /// An entry of that name exists and replacing it was not requested.
+    #[error("worker binary {0} already exists; pass replace to overwrite it")]
+    AlreadyExists(WorkerName),
     /// The entry exists but cannot be used, for example because its manifest is invalid.
     #[error("worker binary {name} cannot be used: {problem}")]
     Unusable {
@@ -167,20 +174,13 @@ impl Catalog {
         };
 
         match layout {
-            Layout::File | Layout::Symlink => {
-                std::fs::remove_file(&path).map_err(|e| self.map_missing(name, "remove", e))?;
-            }
-            Layout::Directory => {
-                let trash = self.dir.join(format!(
-                    "{TRASH_PREFIX}{name}-{}",
-                    uuid::Uuid::new_v4().simple()
-                ));
-                std::fs::rename(&path, &trash).map_err(|e| self.map_missing(name, "move", e))?;
-                if let Err(error) = std::fs::remove_dir_all(&trash) {
-                    // The entry is already gone from the catalog; the next start retries.
-                    tracing::warn!(path = %trash.display(), %error, "failed to remove deleted entry");
-                }
-            }
+            Layout::File | Layout::Symlink => match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                // Replaced by a folder since it was looked at: delete that instead.
+                Err(e) if e.kind() == io::ErrorKind::IsADirectory => self.remove_folder(name)?,
+                Err(e) => return Err(self.map_missing(name, "remove", e)),
+            },
+            Layout::Directory => self.remove_folder(name)?,
         }
         self.digests
             .lock()
@@ -188,6 +188,27 @@ impl Catalog {
             .remove(&binary.path);
         tracing::info!(%name, path = %binary.path.display(), "worker binary deleted");
         Ok(binary)
+    }
+
+    /// Removes the folder entry `name`: renamed to a hidden name in one atomic step, so it
+    /// disappears from the catalog at once, then removed without following any link inside it.
+    fn remove_folder(&self, name: &WorkerName) -> Result<(), CatalogError> {
+        let path = self.dir.join(name.as_str());
+        let trash = self.dir.join(format!(
+            "{TRASH_PREFIX}{name}-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::rename(&path, &trash).map_err(|e| self.map_missing(name, "move", e))?;
+        // Whatever was renamed is removed by its type now, in case the entry was swapped since.
+        let removed = match std::fs::symlink_metadata(&trash) {
+            Ok(metadata) if metadata.is_dir() => std::fs::remove_dir_all(&trash),
+            _ => std::fs::remove_file(&trash),
+        };
+        if let Err(error) = removed {
+            // The entry is already gone from the catalog; the next start retries.
+            tracing::warn!(path = %trash.display(), %error, "failed to remove deleted entry");
+        }
+        Ok(())
     }
 
     /// Returns the catalog name of the worker binary at `exe`, an executable path as read from
@@ -217,15 +238,127 @@ impl Catalog {
         Ok(entry::read_entry(name, &path, file_type, &self.digests))
     }
 
+    /// Fails with [`CatalogError::AlreadyExists`] when an entry called `name` exists.
+    pub fn check_absent(&self, name: &WorkerName) -> Result<(), CatalogError> {
+        let path = self.dir.join(name.as_str());
+        match std::fs::symlink_metadata(&path) {
+            Ok(_) => Err(CatalogError::AlreadyExists(name.clone())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CatalogError::io("read", path, e)),
+        }
+    }
+
+    /// Returns a new hidden path in the catalog directory for a file being prepared, on the same
+    /// file system as the entries so it can be installed by renaming.
+    pub fn scratch_path(&self, label: &str) -> PathBuf {
+        self.dir.join(format!(
+            "{STAGING_PREFIX}{label}-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
+    }
+
+    /// Installs `file` (a path inside the catalog directory, which is moved) as the folder entry
+    /// `name`, executable, with a manifest recording `version` and `source`.
+    ///
+    /// The entry is assembled in a hidden folder and appears with one atomic rename, so the
+    /// catalog never shows a partial entry. With `replace`, the new entry is exchanged with the
+    /// old one atomically, then the old one is removed.
+    pub fn install(
+        &self,
+        name: &WorkerName,
+        file: &Path,
+        version: Option<&str>,
+        source: &str,
+        replace: bool,
+    ) -> Result<WorkerBinary, CatalogError> {
+        let staging = self.scratch_path(name.as_str());
+        let result = self.assemble(&staging, name, file, version, source);
+        let result = result.and_then(|()| self.publish(&staging, name, replace));
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        result?;
+        tracing::info!(%name, source, "worker binary installed");
+        self.get(name)
+    }
+
+    fn assemble(
+        &self,
+        staging: &Path,
+        name: &WorkerName,
+        file: &Path,
+        version: Option<&str>,
+        source: &str,
+    ) -> Result<(), CatalogError> {
+        use std::os::unix::fs::PermissionsExt;
+
+        std::fs::create_dir(staging).map_err(|e| CatalogError::io("create", staging, e))?;
+        let binary = staging.join(name.as_str());
+        std::fs::rename(file, &binary).map_err(|e| CatalogError::io("move", file, e))?;
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| CatalogError::io("make executable", &binary, e))?;
+        let manifest = serde_json::json!({
+            "binary": name.as_str(),
+            "version": version,
+            "source": source,
+        });
+        let manifest_path = staging.join(MANIFEST_FILE);
+        let json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| CatalogError::io("encode", &manifest_path, io::Error::other(e)))?;
+        std::fs::write(&manifest_path, json)
+            .map_err(|e| CatalogError::io("write", &manifest_path, e))
+    }
+
+    fn publish(
+        &self,
+        staging: &Path,
+        name: &WorkerName,
+        replace: bool,
+    ) -> Result<(), CatalogError> {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+
+        let entry = self.dir.join(name.as_str());
+        if replace {
+            match renameat_with(CWD, staging, CWD, &entry, RenameFlags::EXCHANGE) {
+                Ok(()) => {
+                    // The old entry now sits at the staging path.
+                    let old = std::fs::symlink_metadata(staging);
+                    let removed = match old {
+                        Ok(m) if m.is_dir() => std::fs::remove_dir_all(staging),
+                        _ => std::fs::remove_file(staging),
+                    };
+                    if let Err(error) = removed {
+                        tracing::warn!(path = %staging.display(), %error, "failed to remove replaced entry");
+                    }
+                    return Ok(());
+                }
+                Err(rustix::io::Errno::NOENT) => {}
+                Err(errno) => return Err(CatalogError::io("replace", &entry, errno.into())),
+            }
+        }
+        match renameat_with(CWD, staging, CWD, &entry, RenameFlags::NOREPLACE) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::EXIST) => Err(CatalogError::AlreadyExists(name.clone())),
+            Err(errno) => Err(CatalogError::io("install", &entry, errno.into())),
+        }
+    }
+
     fn remove_leftover_trash(&self) {
         let Ok(read_dir) = std::fs::read_dir(&self.dir) else {
             return;
         };
         for dir_entry in read_dir.flatten() {
             let name = dir_entry.file_name();
-            if name.to_str().is_some_and(|n| n.starts_with(TRASH_PREFIX)) {
+            let leftover = name
+                .to_str()
+                .is_some_and(|n| n.starts_with(TRASH_PREFIX) || n.starts_with(STAGING_PREFIX));
+            if leftover {
                 let path = dir_entry.path();
-                if let Err(error) = std::fs::remove_dir_all(&path) {
+                let removed = match dir_entry.file_type() {
+                    Ok(kind) if kind.is_dir() => std::fs::remove_dir_all(&path),
+                    _ => std::fs::remove_file(&path),
+                };
+                if let Err(error) = removed {
                     tracing::warn!(path = %path.display(), %error, "failed to remove leftover");
                 }
             }

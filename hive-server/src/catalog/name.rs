@@ -20,22 +20,37 @@ impl<'de> serde::Deserialize<'de> for WorkerName {
     }
 }
 
-/// A name that [`WorkerName::parse`] rejected, and why.
+/// A catalog name that was rejected, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid worker name {shown}: {reason}")]
+#[error("invalid {kind} name {shown}: {reason}")]
 pub struct InvalidName {
+    kind: &'static str,
     shown: String,
     reason: &'static str,
 }
 
 impl WorkerName {
-    /// Parses a catalog name.
-    ///
-    /// # Errors
-    ///
-    /// Rejects empty names, `.` and `..`, names containing `/`, NUL or control characters,
-    /// names starting with `.`, and names longer than [`MAX_NAME_BYTES`].
+    /// Parses a worker catalog name; see [`check_entry_name`] for the rules.
     pub fn parse(name: &str) -> Result<Self, InvalidName> {
+        check_entry_name(name, "worker")?;
+        Ok(Self(name.to_owned()))
+    }
+
+    /// Returns the name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks that `name` is a single, visible file name, as every catalog entry name must be;
+/// `kind` names the catalog in the error (`worker`, `model`).
+///
+/// # Errors
+///
+/// Rejects empty names, `.` and `..`, names containing `/`, NUL, control characters or invisible
+/// formatting characters, names starting with `.`, and names longer than [`MAX_NAME_BYTES`].
+pub fn check_entry_name(name: &str, kind: &'static str) -> Result<(), InvalidName> {
+    {
         let reason = if name.is_empty() {
             Some("it is empty")
         } else if name == "." || name == ".." {
@@ -57,16 +72,12 @@ impl WorkerName {
         };
         match reason {
             Some(reason) => Err(InvalidName {
+                kind,
                 shown: shorten_for_display(name),
                 reason,
             }),
-            None => Ok(Self(name.to_owned())),
+            None => Ok(()),
         }
-    }
-
-    /// Returns the name as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 

@@ -31,6 +31,12 @@ pub enum JobError {
     /// A job with this id already exists.
     #[error("job {0} already exists; use a new job id for each request")]
     AlreadyExists(JobId),
+    /// The job has finished, so there is nothing to cancel.
+    #[error("job {0} has already finished")]
+    AlreadyFinished(JobId),
+    /// The job is not of a kind that can be cancelled.
+    #[error("job {0} cannot be cancelled; only downloads and builds can")]
+    NotCancellable(JobId),
     /// The hive is shutting down and no longer waits for jobs to start.
     #[error("the hive is shutting down")]
     ShuttingDown,
@@ -38,6 +44,9 @@ pub enum JobError {
     #[error("job {0} not found; it never ran here or finished too long ago")]
     NotFound(JobId),
 }
+
+/// Shortest time between two walks over the registry to forget finished jobs.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 /// Bounds on what the registry keeps.
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +73,9 @@ impl Default for JobLimits {
 #[derive(Debug)]
 pub struct Jobs {
     jobs: Mutex<HashMap<JobId, Arc<Job>>>,
+    /// When finished jobs were last forgotten; pruning walks every job, so it runs at most
+    /// once per [`PRUNE_EVERY`] unless the registry grows past twice its limit.
+    last_prune: Mutex<Instant>,
     started: Notify,
     limits: JobLimits,
     shutdown: CancellationToken,
@@ -75,6 +87,7 @@ impl Jobs {
     pub fn new(limits: JobLimits, shutdown: CancellationToken) -> Self {
         Self {
             jobs: Mutex::new(HashMap::new()),
+            last_prune: Mutex::new(Instant::now()),
             started: Notify::new(),
             limits,
             shutdown,
@@ -92,7 +105,14 @@ impl Jobs {
         let job = Arc::new(Job::new(id.clone(), self.limits.max_events_per_job));
         {
             let mut jobs = self.jobs.lock().expect("job registry lock poisoned");
-            self.forget_expired(&mut jobs);
+            let mut last_prune = self.last_prune.lock().expect("prune lock poisoned");
+            if last_prune.elapsed() >= PRUNE_EVERY
+                || jobs.len() >= 2 * self.limits.max_finished_jobs
+            {
+                self.forget_expired(&mut jobs);
+                *last_prune = Instant::now();
+            }
+            drop(last_prune);
             if jobs.contains_key(&id) {
                 return Err(JobError::AlreadyExists(id));
             }
@@ -132,6 +152,22 @@ impl Jobs {
                 () = self.shutdown.cancelled() => return Err(JobError::ShuttingDown),
             }
         }
+    }
+
+    /// Cancels the running job `id`, which must have made itself cancellable.
+    pub fn cancel(&self, id: &JobId) -> Result<(), JobError> {
+        let job = self.get(id).ok_or_else(|| JobError::NotFound(id.clone()))?;
+        let state = job.lock();
+        if state.finished_at.is_some() {
+            return Err(JobError::AlreadyFinished(id.clone()));
+        }
+        let token = state
+            .cancel
+            .as_ref()
+            .ok_or_else(|| JobError::NotCancellable(id.clone()))?;
+        token.cancel();
+        tracing::info!(job_id = %id, "job cancelled");
+        Ok(())
     }
 
     fn get(&self, id: &JobId) -> Option<Arc<Job>> {
@@ -175,6 +211,8 @@ struct JobState {
     events: VecDeque<Event>,
     next_seq: u64,
     finished_at: Option<Instant>,
+    /// Set once the job made itself cancellable.
+    cancel: Option<CancellationToken>,
 }
 
 impl Job {
@@ -185,6 +223,7 @@ impl Job {
                 events: VecDeque::new(),
                 next_seq: 0,
                 finished_at: None,
+                cancel: None,
             }),
             latest: watch::Sender::new(0),
             max_events: max_events.max(2),
@@ -251,6 +290,16 @@ impl Narrator {
     /// Returns the id of the job.
     pub fn job_id(&self) -> &JobId {
         &self.job.id
+    }
+
+    /// Makes the job cancellable through [`Jobs::cancel`] and returns the token that is
+    /// cancelled then.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.job
+            .lock()
+            .cancel
+            .get_or_insert_with(CancellationToken::new)
+            .clone()
     }
 
     /// Records an event at `level`.

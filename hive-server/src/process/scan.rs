@@ -4,7 +4,7 @@
 //! command line, sockets) of the few processes that turn out to be workers.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     io,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
@@ -28,6 +28,7 @@ pub fn list_workers(
     })?;
 
     let mut workers = Vec::new();
+    let mut tables = ListenTables::default();
     for dir_entry in proc_dir.flatten() {
         let Some(pid) = dir_entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
             continue;
@@ -39,7 +40,7 @@ pub fn list_workers(
             continue;
         }
         // A process that exits between the two reads is simply not listed.
-        if let Ok(worker) = read_worker(pid, found, &clock) {
+        if let Ok(worker) = read_worker(pid, found, &clock, &mut tables) {
             workers.push(worker);
         }
     }
@@ -61,7 +62,7 @@ pub fn find_worker(identity: Identity<'_>, pid: i32) -> Result<WorkerProcess, Pr
     }
     let found = identify(identity, pid).ok_or_else(not_found)?;
     let clock = Clock::read()?;
-    read_worker(pid, found, &clock).map_err(|_| not_found())
+    read_worker(pid, found, &clock, &mut ListenTables::default()).map_err(|_| not_found())
 }
 
 /// Why a process is a worker process.
@@ -187,7 +188,12 @@ impl Clock {
     }
 }
 
-fn read_worker(pid: i32, found: Found, clock: &Clock) -> Result<WorkerProcess, procfs::ProcError> {
+fn read_worker(
+    pid: i32,
+    found: Found,
+    clock: &Clock,
+    tables: &mut ListenTables,
+) -> Result<WorkerProcess, procfs::ProcError> {
     let process = Process::new(pid)?;
     let stat = process.stat()?;
     let argv = process.cmdline()?;
@@ -220,14 +226,38 @@ fn read_worker(pid: i32, found: Found, clock: &Clock) -> Result<WorkerProcess, p
         started_at,
         cpu_percent,
         rss_bytes: stat.rss * clock.page_size,
-        listening_ports: listening_ports(&process),
+        listening_ports: listening_ports(&process, tables),
         spawned: found.spawned,
     })
 }
 
+/// Listening TCP sockets by network namespace, read once per scan: every process of a
+/// namespace sees the same tables, and reading them is the costly part of a worker's details.
+#[derive(Default)]
+pub(super) struct ListenTables {
+    /// Socket inode to port, by the namespace's `net:[inode]` link text.
+    by_namespace: HashMap<PathBuf, HashMap<u64, u16>>,
+}
+
+impl ListenTables {
+    fn listeners(&mut self, process: &Process) -> &HashMap<u64, u16> {
+        let namespace =
+            std::fs::read_link(format!("/proc/{}/ns/net", process.pid)).unwrap_or_default();
+        self.by_namespace.entry(namespace).or_insert_with(|| {
+            [process.tcp(), process.tcp6()]
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|entry| entry.state == procfs::net::TcpState::Listen)
+                .map(|entry| (entry.inode, entry.local_address.port()))
+                .collect()
+        })
+    }
+}
+
 /// Returns the TCP ports `process` listens on, matching its socket inodes against the TCP
 /// tables of its own network namespace.
-fn listening_ports(process: &Process) -> Vec<u16> {
+fn listening_ports(process: &Process, tables: &mut ListenTables) -> Vec<u16> {
     let Ok(fds) = process.fd() else {
         return Vec::new();
     };
@@ -241,16 +271,10 @@ fn listening_ports(process: &Process) -> Vec<u16> {
     if sockets.is_empty() {
         return Vec::new();
     }
-
-    let tables = [process.tcp(), process.tcp6()];
-    let ports: BTreeSet<u16> = tables
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|entry| {
-            entry.state == procfs::net::TcpState::Listen && sockets.contains(&entry.inode)
-        })
-        .map(|entry| entry.local_address.port())
+    let listeners = tables.listeners(process);
+    let ports: BTreeSet<u16> = sockets
+        .iter()
+        .filter_map(|inode| listeners.get(inode).copied())
         .collect();
     ports.into_iter().collect()
 }

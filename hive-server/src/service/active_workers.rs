@@ -135,6 +135,7 @@ fn worker_to_proto(worker: ActiveWorker) -> proto::ActiveWorker {
         argv: worker.argv,
         heartbeat_source: source.into(),
         lost_reason: worker.lost_reason.unwrap_or_default(),
+        api: worker.api.unwrap_or_default(),
     }
 }
 

@@ -75,13 +75,11 @@ impl HiveApi {
                 format!("stopping {} worker processes of {name} first", pids.len()),
             );
             let workers = &self.shared.workers;
-            let spawned = workers.spawned();
-            let identity = process::Identity {
-                catalog: workers.catalog(),
-                spawned: &spawned,
-            };
             for pid in pids {
-                match process::stop_worker(identity, pid, FORCED_DELETE_GRACE, narrator).await {
+                match workers
+                    .stop_process(pid, FORCED_DELETE_GRACE, narrator)
+                    .await
+                {
                     Ok(process) => {
                         workers.forget_process(pid)?;
                         stopped.push(stopped_to_proto(process));
@@ -107,7 +105,7 @@ impl HiveApi {
     }
 }
 
-fn binary_to_proto(binary: WorkerBinary) -> proto::WorkerBinary {
+pub(super) fn binary_to_proto(binary: WorkerBinary) -> proto::WorkerBinary {
     let layout = match binary.layout {
         Layout::File => proto::BinaryLayout::File,
         Layout::Directory => proto::BinaryLayout::Directory,

@@ -7,8 +7,11 @@
 mod active_workers;
 mod binaries;
 mod hive_info;
+mod infer;
+mod models;
 mod narration;
 mod processes;
+mod provision;
 
 use std::{
     future::Future,
@@ -27,7 +30,9 @@ use crate::{
     error::Error,
     host::HostFacts,
     jobs::{JobId, Jobs, Narrator, Outcome, StartedJob},
+    models::ModelCatalog,
     process::Identity,
+    provision::Provisioner,
     workers::Workers,
 };
 
@@ -58,6 +63,23 @@ pub struct HiveIdentity {
     pub name: String,
 }
 
+/// The domain parts a hive serves.
+#[derive(Debug)]
+pub struct HiveParts {
+    /// Identity of the hive.
+    pub identity: HiveIdentity,
+    /// Worker catalog.
+    pub catalog: Arc<Catalog>,
+    /// Job registry.
+    pub jobs: Arc<Jobs>,
+    /// Active workers.
+    pub workers: Arc<Workers>,
+    /// Model catalog.
+    pub models: Arc<ModelCatalog>,
+    /// Downloads and builds.
+    pub provisioner: Arc<Provisioner>,
+}
+
 /// State shared by all requests.
 #[derive(Debug)]
 struct Shared {
@@ -68,6 +90,10 @@ struct Shared {
     catalog: Arc<Catalog>,
     jobs: Arc<Jobs>,
     workers: Arc<Workers>,
+    models: Arc<ModelCatalog>,
+    provisioner: Arc<Provisioner>,
+    /// HTTP client for workers on loopback, never through a proxy.
+    worker_client: reqwest::Client,
     started: Instant,
     started_at: SystemTime,
     limits: ServiceLimits,
@@ -94,14 +120,17 @@ impl RunningJob {
 }
 
 impl HiveApi {
-    /// Creates the service over a catalog, a job registry and the active workers.
-    pub fn new(
-        identity: HiveIdentity,
-        catalog: Arc<Catalog>,
-        jobs: Arc<Jobs>,
-        workers: Arc<Workers>,
-        limits: ServiceLimits,
-    ) -> Self {
+    /// Creates the service over the hive's catalogs, job registry, active workers and
+    /// provisioner.
+    pub fn new(parts: HiveParts, limits: ServiceLimits) -> Self {
+        let HiveParts {
+            identity,
+            catalog,
+            jobs,
+            workers,
+            models,
+            provisioner,
+        } = parts;
         Self {
             shared: Arc::new(Shared {
                 identity,
@@ -111,6 +140,13 @@ impl HiveApi {
                 catalog,
                 jobs,
                 workers,
+                models,
+                provisioner,
+                worker_client: reqwest::Client::builder()
+                    .no_proxy()
+                    .connect_timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap_or_default(),
                 started: Instant::now(),
                 started_at: SystemTime::now(),
                 limits,
@@ -196,6 +232,10 @@ impl HiveApi {
         Arc::clone(&self.shared.catalog)
     }
 
+    fn models(&self) -> Arc<ModelCatalog> {
+        Arc::clone(&self.shared.models)
+    }
+
     fn workers(&self) -> Arc<Workers> {
         Arc::clone(&self.shared.workers)
     }
@@ -230,6 +270,14 @@ fn request_duration(
     let Some(value) = value else {
         return Ok(default);
     };
+    // Checked before converting: prost's conversion negates negative values, which overflows
+    // for the most negative seconds.
+    if value.seconds < 0 || value.nanos < 0 {
+        return Err(Error::InvalidArgument(format!(
+            "invalid {field}: it must be zero or positive, got {}s {}ns",
+            value.seconds, value.nanos
+        )));
+    }
     let duration = Duration::try_from(value).map_err(|_| {
         Error::InvalidArgument(format!(
             "invalid {field}: it must be zero or positive, got {}s {}ns",
@@ -249,6 +297,9 @@ fn request_duration(
 fn proto_duration(duration: Duration) -> prost_types::Duration {
     prost_types::Duration::try_from(duration).unwrap_or_default()
 }
+
+/// Stream type of `Infer`.
+pub type InferStream = Pin<Box<dyn Stream<Item = Result<proto::InferResponse, Status>> + Send>>;
 
 /// Stream type of `Narrate`.
 pub type NarrateStream = Pin<Box<dyn Stream<Item = Result<proto::NarrationEvent, Status>> + Send>>;
@@ -399,6 +450,104 @@ impl HiveService for HiveApi {
             api.retire(&narrator, request).await
         })
         .await
+    }
+
+    async fn download_worker(
+        &self,
+        request: Request<proto::DownloadWorkerRequest>,
+    ) -> Result<Response<proto::DownloadWorkerResponse>, Status> {
+        let request = request.into_inner();
+        let message = format!("downloading worker binary {:?}", shorten(&request.name));
+        let job = self.begin(&request.job_id, "worker.download", message)?;
+        self.detached(job, |api, narrator| async move {
+            api.download_worker(&narrator, request).await
+        })
+        .await
+    }
+
+    async fn build_worker(
+        &self,
+        request: Request<proto::BuildWorkerRequest>,
+    ) -> Result<Response<proto::BuildWorkerResponse>, Status> {
+        let request = request.into_inner();
+        let message = format!("building worker binary {:?}", shorten(&request.name));
+        let job = self.begin(&request.job_id, "worker.build", message)?;
+        self.detached(job, |api, narrator| async move {
+            api.build_worker(&narrator, request).await
+        })
+        .await
+    }
+
+    async fn download_model(
+        &self,
+        request: Request<proto::DownloadModelRequest>,
+    ) -> Result<Response<proto::DownloadModelResponse>, Status> {
+        let request = request.into_inner();
+        let message = format!("downloading model {:?}", shorten(&request.name));
+        let job = self.begin(&request.job_id, "model.download", message)?;
+        self.detached(job, |api, narrator| async move {
+            api.download_model(&narrator, request).await
+        })
+        .await
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<proto::ListModelsRequest>,
+    ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        let request = request.into_inner();
+        let job = self.begin(&request.job_id, "model.list", "listing models".into())?;
+        let result = self.list_models(job.narrator()).await;
+        self.finish(job, result)
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<proto::GetModelRequest>,
+    ) -> Result<Response<proto::GetModelResponse>, Status> {
+        let request = request.into_inner();
+        let message = format!("reading model {:?}", shorten(&request.name));
+        let job = self.begin(&request.job_id, "model.get", message)?;
+        let result = self.get_model(job.narrator(), request).await;
+        self.finish(job, result)
+    }
+
+    async fn delete_model(
+        &self,
+        request: Request<proto::DeleteModelRequest>,
+    ) -> Result<Response<proto::DeleteModelResponse>, Status> {
+        let request = request.into_inner();
+        let message = format!("deleting model {:?}", shorten(&request.name));
+        let job = self.begin(&request.job_id, "model.delete", message)?;
+        self.detached(job, |api, narrator| async move {
+            api.delete_model(&narrator, request).await
+        })
+        .await
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<proto::CancelJobRequest>,
+    ) -> Result<Response<proto::CancelJobResponse>, Status> {
+        // Cancelling is about another job, and must work even when the hive is at its request
+        // limit, so it runs without a job of its own.
+        let response = self.cancel_job(request.into_inner())?;
+        Ok(Response::new(response))
+    }
+
+    type InferStream = InferStream;
+
+    async fn infer(
+        &self,
+        request: Request<proto::InferRequest>,
+    ) -> Result<Response<Self::InferStream>, Status> {
+        let request = request.into_inner();
+        let message = format!("generating text with model {:?}", shorten(&request.model));
+        let job = self.begin(&request.job_id, "infer", message)?;
+        match self.prepare_inference(job.narrator(), &request) {
+            Ok(prepared) => Ok(Response::new(self.stream_inference(job, prepared))),
+            Err(error) => self.finish(job, Err(error)),
+        }
     }
 
     type NarrateStream = NarrateStream;

@@ -78,12 +78,8 @@ impl HiveApi {
             MAX_GRACE,
         )?;
         let workers = &self.shared.workers;
-        let spawned = workers.spawned();
-        let identity = process::Identity {
-            catalog: workers.catalog(),
-            spawned: &spawned,
-        };
-        let stopped = process::stop_worker(identity, pid, grace, narrator).await?;
+        let stopped = workers.stop_process(pid, grace, narrator).await?;
+        let stopped = workers.with_exit_status(stopped).await;
         workers.forget_process(pid)?;
         Ok(proto::DeleteWorkerProcessResponse {
             job_id: narrator.job_id().to_string(),

@@ -3,12 +3,76 @@
 use std::{collections::BTreeMap, path::Path};
 
 use super::WorkerError;
-use crate::catalog::WorkerBinary;
+use crate::catalog::{Readiness, WorkerBinary};
 
 /// Arguments passed to a worker binary when its manifest sets none.
 pub const DEFAULT_ARGS: &[&str] = &[
     "--model", "{model}", "--device", "{device}", "--port", "{port}",
 ];
+
+/// Name of the preset for llama.cpp's `llama-server`.
+pub const LLAMA_SERVER: &str = "llama-server";
+
+/// A known kind of worker whose launch convention the hive applies itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// llama.cpp's `llama-server`: `--model M --host 127.0.0.1 --port P`, `--device none` on
+    /// the CPU, all layers offloaded (`-ngl 999`) on a GPU; ready when `GET /health` is 200;
+    /// serves the llama.cpp completion API.
+    LlamaServer,
+}
+
+impl Preset {
+    /// Returns the preset of a catalog entry: the manifest's `preset`, else `llama-server` for
+    /// an entry of that name.
+    pub fn of(binary: &WorkerBinary) -> Result<Option<Self>, WorkerError> {
+        match binary.manifest.preset.as_deref() {
+            Some(LLAMA_SERVER) => Ok(Some(Self::LlamaServer)),
+            Some(other) => Err(WorkerError::Template(format!(
+                "unknown preset {other:?} in the manifest of {}; the known preset is {LLAMA_SERVER}",
+                binary.name
+            ))),
+            None if binary.name.as_str() == LLAMA_SERVER => Ok(Some(Self::LlamaServer)),
+            None => Ok(None),
+        }
+    }
+
+    /// Returns the preset's arguments for a worker on `device`.
+    fn args(self, device: &str) -> Vec<&'static str> {
+        match self {
+            Self::LlamaServer => {
+                let mut args = vec![
+                    "--model",
+                    "{model}",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "{port}",
+                ];
+                if device == "cpu" {
+                    args.extend(["--device", "none"]);
+                } else {
+                    args.extend(["-ngl", "999"]);
+                }
+                args
+            }
+        }
+    }
+
+    /// Returns the preset's readiness check.
+    pub fn readiness(self) -> Readiness {
+        match self {
+            Self::LlamaServer => Readiness::Http("/health".to_owned()),
+        }
+    }
+
+    /// Returns the API the preset's workers serve, as recorded for inference.
+    pub fn api(self) -> &'static str {
+        match self {
+            Self::LlamaServer => super::infer::LLAMA_CPP_API,
+        }
+    }
+}
 
 /// Values substituted into command, argument and environment templates.
 #[derive(Debug, Clone)]
@@ -64,10 +128,13 @@ fn unknown(template: &str) -> WorkerError {
 /// `args` (else [`DEFAULT_ARGS`]), then the request's extra arguments verbatim.
 pub fn command_line(
     binary: &WorkerBinary,
+    preset: Option<Preset>,
     values: &TemplateValues<'_>,
     extra_args: &[String],
 ) -> Result<Vec<String>, WorkerError> {
     let manifest = &binary.manifest;
+    let preset_args = preset.map(|preset| preset.args(values.device));
+    let default_args = preset_args.as_deref().unwrap_or(DEFAULT_ARGS);
     let mut argv = match (&manifest.command, &manifest.args) {
         (Some(command), _) => command
             .iter()
@@ -82,7 +149,7 @@ pub fn command_line(
                     }
                 }
                 None => {
-                    for arg in DEFAULT_ARGS {
+                    for arg in default_args {
                         argv.push(values.expand(arg)?);
                     }
                 }

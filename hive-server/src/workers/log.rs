@@ -82,16 +82,23 @@ impl LogFollower {
         self.offset += bytes.len() as u64;
         self.partial.extend_from_slice(&bytes);
 
-        let mut lines = Vec::new();
-        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
-            let raw: Vec<u8> = self.partial.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&raw[..raw.len() - 1])
-                .trim_end_matches('\r')
-                .chars()
-                .take(MAX_LINE_CHARS)
-                .collect::<String>();
-            self.remember(&line);
-            lines.push(line);
+        // Complete lines end at the last newline; the rest waits for more output.
+        let Some(last_newline) = self.partial.iter().rposition(|&b| b == b'\n') else {
+            return Vec::new();
+        };
+        let complete: Vec<u8> = self.partial.drain(..=last_newline).collect();
+        let lines: Vec<String> = complete[..complete.len() - 1]
+            .split(|&b| b == b'\n')
+            .map(|raw| {
+                String::from_utf8_lossy(raw)
+                    .trim_end_matches('\r')
+                    .chars()
+                    .take(MAX_LINE_CHARS)
+                    .collect()
+            })
+            .collect();
+        for line in lines.iter().rev().take(TAIL_LINES).rev() {
+            self.remember(line);
         }
         lines
     }

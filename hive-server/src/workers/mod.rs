@@ -7,6 +7,7 @@
 //! their readiness check once per interval and counts a success as a heartbeat.
 
 mod id;
+mod infer;
 mod launch;
 mod log;
 mod monitor;
@@ -22,10 +23,11 @@ use std::{
 };
 
 pub use id::{InvalidWorkerId, WorkerId};
+pub use infer::{Completion, InferEvent, InferSender, InferSummary, LoadGuard, complete};
 pub use spawn::{MAX_READY_TIMEOUT, SpawnRequest};
 
 use crate::{
-    catalog::{Catalog, CatalogError, Readiness, WorkerName},
+    catalog::{Catalog, CatalogError, WorkerName},
     jobs::Narrator,
     process::{self, Identity, ProcessError, Spawned, StoppedProcess},
 };
@@ -104,6 +106,17 @@ pub enum WorkerError {
         timeout_secs: f64,
         /// Its last log lines.
         log: String,
+    },
+    /// No ready worker can serve an inference request.
+    #[error("{0}")]
+    NotServing(String),
+    /// The worker failed while serving an inference request.
+    #[error("worker {id} failed: {reason}")]
+    WorkerFailed {
+        /// The worker.
+        id: WorkerId,
+        /// What went wrong.
+        reason: String,
     },
     /// No active worker has this id.
     #[error("active worker {0} not found")]
@@ -187,6 +200,8 @@ pub struct ActiveWorker {
     pub heartbeat_source: HeartbeatSource,
     /// Why the worker is lost.
     pub lost_reason: Option<String>,
+    /// API the worker serves for inference, such as `llama.cpp`.
+    pub api: Option<String>,
 }
 
 /// In-memory record of a worker.
@@ -203,6 +218,8 @@ struct Record {
     /// The `ready` flag of the worker's last heartbeat.
     reports_ready: bool,
     lost_reason: Option<String>,
+    /// Exit code and signal, once this hive reaped the process.
+    exit: Option<(Option<i32>, Option<i32>)>,
 }
 
 impl Record {
@@ -248,6 +265,7 @@ impl Record {
             argv: p.argv.clone(),
             heartbeat_source: self.source,
             lost_reason,
+            api: p.api.clone(),
         }
     }
 }
@@ -259,6 +277,7 @@ pub struct Workers {
     catalog: Arc<Catalog>,
     state_file: StateFile,
     records: Mutex<BTreeMap<WorkerId, Record>>,
+    load: infer::InferenceLoad,
 }
 
 impl Workers {
@@ -290,6 +309,7 @@ impl Workers {
                     source: HeartbeatSource::ReadinessCheck,
                     reports_ready: false,
                     lost_reason,
+                    exit: None,
                 },
             );
         }
@@ -299,6 +319,7 @@ impl Workers {
             catalog,
             state_file,
             records: Mutex::new(records),
+            load: infer::InferenceLoad::default(),
         });
         workers.persist(&workers.lock())?;
         Ok(workers)
@@ -384,12 +405,11 @@ impl Workers {
             "worker.retire",
             format!("retiring worker {id} (pid {})", worker.pid),
         );
-        let spawned = self.spawned();
-        let identity = Identity {
-            catalog: &self.catalog,
-            spawned: &spawned,
+        let stopped = match self.stop_process(worker.pid, grace, narrator).await {
+            Ok(stopped) => Ok(self.with_exit_status(stopped).await),
+            Err(error) => Err(error),
         };
-        let stopped = match process::stop_worker(identity, worker.pid, grace, narrator).await {
+        let stopped = match stopped {
             Ok(stopped) => Some(stopped),
             Err(ProcessError::NotFound { .. }) => {
                 narrator.info("worker.retire", format!("worker {id} had already exited"));
@@ -400,6 +420,55 @@ impl Workers {
         self.remove(id)?;
         tracing::info!(worker_id = %id, pid = worker.pid, "worker retired");
         Ok((worker, stopped))
+    }
+
+    /// Stops the worker process `pid` and its tree, recognizing the processes this hive spawned
+    /// as well as those running catalog binaries; see [`process::stop_worker`].
+    pub async fn stop_process(
+        &self,
+        pid: i32,
+        grace: Duration,
+        narrator: &Narrator,
+    ) -> Result<StoppedProcess, ProcessError> {
+        let spawned = self.spawned();
+        let identity = Identity {
+            catalog: &self.catalog,
+            spawned: &spawned,
+        };
+        process::stop_worker(identity, pid, grace, narrator).await
+    }
+
+    /// Fills in the exit status of a stopped process this hive spawned. This hive reaps its own
+    /// children, so the status is not readable from `/proc`; the reaper records it instead, a
+    /// moment after the exit.
+    pub async fn with_exit_status(&self, mut stopped: StoppedProcess) -> StoppedProcess {
+        if stopped.exit_code.is_some() || stopped.signal.is_some() {
+            return stopped;
+        }
+        for _ in 0..20 {
+            let exit = self
+                .lock()
+                .values()
+                .find(|record| record.persisted.pid == stopped.pid)
+                .map(|record| record.exit);
+            match exit {
+                // Not a worker of this hive: nothing will record its status.
+                None => return stopped,
+                Some(Some((code, signal))) => {
+                    stopped.exit_code = code;
+                    stopped.signal = signal;
+                    return stopped;
+                }
+                Some(None) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        stopped
+    }
+
+    fn record_exit(&self, id: &WorkerId, exit: (Option<i32>, Option<i32>)) {
+        if let Some(record) = self.lock().get_mut(id) {
+            record.exit = Some(exit);
+        }
     }
 
     /// Removes the worker whose process is `pid` and started at `start_ticks`, after the
@@ -470,9 +539,4 @@ fn still_running(worker: &PersistedWorker) -> bool {
             .split(|&b| b == 0)
             .any(|entry| entry == expected.as_bytes())
     })
-}
-
-/// Returns the readiness check of a worker with this manifest setting.
-fn readiness_of(readiness: Option<&Readiness>) -> Readiness {
-    readiness.cloned().unwrap_or(Readiness::Tcp)
 }

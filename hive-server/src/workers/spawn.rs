@@ -13,12 +13,12 @@ use tokio::process::{Child, Command};
 
 use super::{
     ActiveWorker, HeartbeatSource, Record, WorkerError, WorkerId, Workers, launch, log, readiness,
-    readiness_of, state_file::PersistedWorker,
+    state_file::PersistedWorker,
 };
 use crate::{
     catalog::{CatalogError, WorkerName},
     jobs::{Level, Narrator},
-    process::{self, Identity},
+    process,
 };
 
 /// How often the readiness wait checks the worker and its log.
@@ -59,6 +59,7 @@ struct Plan {
     argv: Vec<String>,
     env: Vec<(String, String)>,
     readiness: crate::catalog::Readiness,
+    api: Option<String>,
     dir: PathBuf,
     log_path: PathBuf,
     ready_timeout: Duration,
@@ -120,6 +121,10 @@ impl Workers {
                 });
             }
             if readiness::check(&plan.readiness, plan.port).await {
+                // Lines written just before the worker became ready.
+                for line in follower.read_new_lines() {
+                    narrator.narrate(Level::Info, "worker.log", line);
+                }
                 break;
             }
             if Instant::now() >= deadline {
@@ -189,13 +194,20 @@ impl Workers {
             hive_addr: &self.config.hive_addr,
             binary: &binary.path,
         };
-        let argv = launch::command_line(&binary, &values, &request.args)?;
+        let preset = launch::Preset::of(&binary)?;
+        let argv = launch::command_line(&binary, preset, &values, &request.args)?;
         let env = launch::environment(&binary, &values, &request.env, cuda_index)?;
         let dir = self.config.state_dir.join("workers").join(id.as_str());
         Ok(Plan {
             log_path: dir.join("worker.log"),
             dir,
-            readiness: readiness_of(binary.manifest.readiness.as_ref()),
+            readiness: binary
+                .manifest
+                .readiness
+                .clone()
+                .or_else(|| preset.map(launch::Preset::readiness))
+                .unwrap_or(crate::catalog::Readiness::Tcp),
+            api: preset.map(|preset| preset.api().to_owned()),
             id,
             binary: binary_name,
             model,
@@ -247,6 +259,7 @@ impl Workers {
             log_path: plan.log_path.clone(),
             argv: plan.argv.clone(),
             readiness: plan.readiness.clone(),
+            api: plan.api.clone(),
             started_at: SystemTime::now(),
         };
         let mut records = self.lock();
@@ -260,6 +273,7 @@ impl Workers {
                 source: HeartbeatSource::ReadinessCheck,
                 reports_ready: false,
                 lost_reason: None,
+                exit: None,
             },
         );
         self.persist(&records)?;
@@ -284,11 +298,15 @@ impl Workers {
         let workers = Arc::downgrade(self);
         tokio::spawn(async move {
             let status = child.wait().await;
-            let reason = match status {
-                Ok(status) => format!("exited: {}", describe_exit(status)),
+            let reason = match &status {
+                Ok(status) => format!("exited: {}", describe_exit(*status)),
                 Err(error) => format!("exited; its status could not be read: {error}"),
             };
             if let Some(workers) = workers.upgrade() {
+                if let Ok(status) = status {
+                    use std::os::unix::process::ExitStatusExt;
+                    workers.record_exit(&id, (status.code(), status.signal()));
+                }
                 workers.mark_lost(&id, reason);
             }
         });
@@ -396,13 +414,10 @@ impl StartGuard {
     /// Stops the worker's process tree gracefully, reaps it and removes the worker from the
     /// registry.
     async fn stop(&mut self, narrator: &Narrator) {
-        let spawned = self.workers.spawned();
-        let identity = Identity {
-            catalog: &self.workers.catalog,
-            spawned: &spawned,
-        };
-        if let Err(error) =
-            process::stop_worker(identity, self.pid, FAILED_START_GRACE, narrator).await
+        if let Err(error) = self
+            .workers
+            .stop_process(self.pid, FAILED_START_GRACE, narrator)
+            .await
         {
             tracing::warn!(pid = self.pid, %error, "failed to stop a worker that never became ready");
             process::kill_group(self.pid);

@@ -29,6 +29,9 @@ pub(super) struct PersistedWorker {
     pub(super) log_path: PathBuf,
     pub(super) argv: Vec<String>,
     pub(super) readiness: Readiness,
+    /// API the worker serves for inference; absent in files of older hives.
+    #[serde(default)]
+    pub(super) api: Option<String>,
     pub(super) started_at: SystemTime,
 }
 
@@ -123,6 +126,7 @@ mod tests {
             log_path: "/l".into(),
             argv: vec!["w".into()],
             readiness: Readiness::Http("/health".into()),
+            api: Some("llama.cpp".into()),
             started_at: SystemTime::UNIX_EPOCH,
         }
     }

@@ -14,7 +14,7 @@ use tonic_health::pb::{
 use super::{Context, DEFAULT_TIMEOUT, UsageError};
 use crate::{
     cli::{GlobalArgs, HiveStartArgs},
-    config::{self, Config, HiveTarget, LOCALHOST},
+    config::{self, Config, HiveSecurity, HiveTarget, LOCALHOST},
     fanout::{Call, CallError, HiveResult},
     local_hive::{self, LocalHive, Paths, StartOptions},
     render::{self, Exit, HiveData, format, table},
@@ -184,6 +184,19 @@ struct Health {
     health: &'static str,
 }
 
+/// `data` of `hive list`: the health, and how the keeper connects to the hive.
+#[derive(Debug, Serialize)]
+struct ListedHive {
+    health: &'static str,
+    security: &'static str,
+}
+
+impl HiveData for ListedHive {
+    fn summary(&self) -> String {
+        self.health.to_owned()
+    }
+}
+
 impl HiveData for Health {
     fn summary(&self) -> String {
         self.health.to_owned()
@@ -210,31 +223,48 @@ async fn probe_health(call: Call) -> Result<Health, tonic::Status> {
 
 /// `rbee hive list`: the hives `--all` targets, or those of `--hive`, with a health probe each.
 pub async fn list(global: &GlobalArgs) -> anyhow::Result<Exit> {
-    let config = Config::load(global.config.as_deref())?;
+    let config =
+        Config::load(global.config.as_deref())?.with_fallback_token_file(global.token_file.clone());
     let targets = if global.hive.is_empty() {
-        config.all_hives(super::localhost_address)
+        config.all_hives(super::localhost_hive)
     } else {
-        config.resolve(&global.hive, super::localhost_address)?
+        config.resolve(&global.hive, super::localhost_hive)?
     };
     // A probe is one small call: it gets the connect timeout, not the longer call timeout.
     let timeout = global.timeout.unwrap_or(global.connect_timeout);
     let context = Context::with_targets(global, targets, Some(timeout));
-    let results = context.run_plain(probe_health).await;
+    let results: Vec<HiveResult<ListedHive>> = context
+        .run_plain(|call| async move {
+            let health = probe_health(call).await?;
+            Ok(health.health)
+        })
+        .await
+        .into_iter()
+        .map(|result| HiveResult {
+            outcome: result.outcome.map(|health| ListedHive {
+                health,
+                security: result.hive.security.label(),
+            }),
+            hive: result.hive,
+            job_id: result.job_id,
+        })
+        .collect();
 
     match context.output {
         crate::cli::OutputFormat::Json => {
             render::write_stdout(&render::json_document(&results));
         }
         crate::cli::OutputFormat::Table => {
-            let mut table = table::new(&["NAME", "ADDRESS", "HEALTH"]);
+            let mut table = table::new(&["NAME", "ADDRESS", "SECURITY", "HEALTH"]);
             for result in &results {
                 let health = match &result.outcome {
-                    Ok(health) => health.health.to_owned(),
+                    Ok(listed) => listed.health.to_owned(),
                     Err(error) => format!("{}: {error}", error.label()),
                 };
                 table.add_row(vec![
                     result.hive.name.clone(),
                     result.hive.address.clone(),
+                    result.hive.security.label().to_owned(),
                     health,
                 ]);
             }
@@ -311,6 +341,7 @@ fn local_result<T>(address: &str, outcome: Result<T, CallError>) -> HiveResult<T
         hive: HiveTarget {
             name: LOCALHOST.to_owned(),
             address: address.to_owned(),
+            security: HiveSecurity::default(),
         },
         job_id: None,
         outcome,
@@ -355,6 +386,11 @@ pub async fn start(global: &GlobalArgs, args: HiveStartArgs) -> anyhow::Result<E
             None => config::cache_dir()?.join("workers"),
         },
         name: args.name,
+        token_file: global
+            .token_file
+            .as_deref()
+            .map(local_hive::absolute_token_file)
+            .transpose()?,
     };
     let mut started = local_hive::spawn(&paths, &options)?;
 
@@ -374,6 +410,7 @@ pub async fn start(global: &GlobalArgs, args: HiveStartArgs) -> anyhow::Result<E
     let target = HiveTarget {
         name: LOCALHOST.to_owned(),
         address: address.clone(),
+        security: HiveSecurity::token_only(options.token_file.clone()),
     };
     let outcome = loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -536,6 +573,7 @@ pub async fn status(global: &GlobalArgs) -> anyhow::Result<Exit> {
     let target = HiveTarget {
         name: LOCALHOST.to_owned(),
         address: record.address.clone(),
+        security: HiveSecurity::token_only(record.token_file.clone()),
     };
     let timeout = global.timeout.unwrap_or(global.connect_timeout);
     let context = Context::with_targets(global, vec![target], Some(timeout));

@@ -1,10 +1,12 @@
-//! `rbee job follow`: the narration of a job, live until its final event.
+//! `rbee job follow`: the narration of a job, live until its final event. `rbee job cancel`:
+//! stop a running download or build.
 
 use std::time::Duration;
 
 use prost_types::Timestamp;
 use rbee_proto::v1::{
-    NarrateRequest, NarrationEvent, NarrationLevel, hive_service_client::HiveServiceClient,
+    CancelJobRequest, NarrateRequest, NarrationEvent, NarrationLevel,
+    hive_service_client::HiveServiceClient,
 };
 use serde::Serialize;
 
@@ -108,6 +110,55 @@ pub async fn follow(context: &Context, job_id: String, wait_for_start: Option<Du
         }
     }
     render::print_results(context.output, &results, |_, _| String::new())
+}
+
+/// `data` of `job cancel`: the cancelled job.
+#[derive(Debug, Serialize)]
+struct Cancelled {
+    job_id: String,
+}
+
+impl HiveData for Cancelled {
+    fn summary(&self) -> String {
+        format!("cancelled {}", self.job_id)
+    }
+}
+
+/// `rbee job cancel JOB_ID`.
+pub async fn cancel(context: &Context, job_id: String) -> Exit {
+    // CancelJob runs no job of its own, so the result rows show the cancelled job's id.
+    let mut results = context
+        .run_plain(|call| {
+            let job_id = job_id.clone();
+            async move {
+                let request = call.request(CancelJobRequest { job_id });
+                let response = call.hive_client().cancel_job(request).await?;
+                Ok(Cancelled {
+                    job_id: response.into_inner().job_id,
+                })
+            }
+        })
+        .await;
+
+    for result in &mut results {
+        if !matches!(
+            result.outcome,
+            Err(crate::fanout::CallError::Unreachable { .. })
+        ) {
+            result.job_id = Some(job_id.clone());
+        }
+    }
+    render::print_results(context.output, &results, |succeeded, several| {
+        let mut text = String::new();
+        for (hive, cancelled) in succeeded {
+            text.push_str(&format!("cancelled job {}", cancelled.job_id));
+            if several {
+                text.push_str(&format!(" on {}", hive.name));
+            }
+            text.push('\n');
+        }
+        text
+    })
 }
 
 /// Prints one event line to stdout: `16:21:03.120Z  info   message`. Returns false when

@@ -3,9 +3,14 @@
 
 pub mod completions;
 pub mod hive;
+pub mod infer;
 pub mod job;
+pub mod long_job;
+pub mod model;
 pub mod worker_active;
 pub mod worker_binary;
+pub mod worker_build;
+pub mod worker_download;
 pub mod worker_process;
 pub mod worker_spawn;
 
@@ -13,7 +18,7 @@ use std::{future::Future, time::Duration};
 
 use crate::{
     cli::{GlobalArgs, OutputFormat},
-    config::{Config, HiveTarget},
+    config::{Config, HiveTarget, LocalhostHive},
     fanout::{self, Call, CallMode, FanoutOptions, HiveResult},
     local_hive,
     render::narration::Narrator,
@@ -42,11 +47,12 @@ pub struct Context {
 impl Context {
     /// Resolves the targeted hives from the hives file and the global flags.
     pub fn new(global: &GlobalArgs, timeout: Option<Duration>) -> Result<Self, anyhow::Error> {
-        let config = Config::load(global.config.as_deref())?;
+        let config = Config::load(global.config.as_deref())?
+            .with_fallback_token_file(global.token_file.clone());
         let targets = if global.all {
-            config.all_hives(localhost_address)
+            config.all_hives(localhost_hive)
         } else {
-            config.resolve(&global.hive, localhost_address)?
+            config.resolve(&global.hive, localhost_hive)?
         };
         Ok(Self::with_targets(global, targets, timeout))
     }
@@ -95,9 +101,13 @@ impl Context {
     }
 }
 
-/// Address of the built-in `localhost`: the hive `rbee hive start` runs, else the default.
-pub fn localhost_address() -> String {
-    local_hive::running_address().unwrap_or_else(|| rbee_proto::DEFAULT_HIVE_ADDR.to_owned())
+/// The built-in `localhost`: the hive `rbee hive start` runs, with the token file it was
+/// started with, else the default address.
+pub fn localhost_hive() -> LocalhostHive {
+    local_hive::running_hive().unwrap_or_else(|| LocalhostHive {
+        address: rbee_proto::DEFAULT_HIVE_ADDR.to_owned(),
+        token_file: None,
+    })
 }
 
 /// Plural helper for summaries: `1 worker binary`, `3 worker binaries`.

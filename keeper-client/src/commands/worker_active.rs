@@ -46,6 +46,9 @@ pub struct ActiveWorkerView {
     pub argv: Vec<String>,
     pub heartbeat_source: &'static str,
     pub lost_reason: String,
+    /// Inference API the worker serves, `llama.cpp` for llama-server workers, or empty when
+    /// the hive records none.
+    pub api: String,
 }
 
 impl From<ActiveWorker> for ActiveWorkerView {
@@ -76,6 +79,7 @@ impl From<ActiveWorker> for ActiveWorkerView {
             argv: worker.argv,
             heartbeat_source,
             lost_reason: worker.lost_reason,
+            api: worker.api,
         }
     }
 }
@@ -287,6 +291,7 @@ pub fn active_details(worker: &ActiveWorkerView) -> String {
             format::time(worker.last_heartbeat.as_ref()),
         ),
         ("Heartbeats", heartbeat_source.to_owned()),
+        ("Inference API", worker.api.clone()),
         ("Started", format::time(worker.started_at.as_ref())),
         ("Log", worker.log_path.clone()),
         ("Command", worker.argv.join(" ")),

@@ -26,10 +26,10 @@ pub async fn run(context: &Context, command: WorkerBinaryCommand) -> Exit {
 /// (`file`, `directory`, `symlink`) and the modification time in RFC 3339.
 #[derive(Debug, Serialize)]
 pub struct WorkerBinaryView {
-    name: String,
+    pub(super) name: String,
     path: String,
     layout: &'static str,
-    size_bytes: u64,
+    pub(super) size_bytes: u64,
     sha256: String,
     #[serde(serialize_with = "format::serialize_time")]
     modified_at: Option<Timestamp>,
@@ -210,7 +210,7 @@ async fn delete(context: &Context, name: String, force: bool) -> Exit {
 }
 
 /// Renders one row per worker binary, with a HIVE column when several hives were targeted.
-fn binary_table<'a>(
+pub(super) fn binary_table<'a>(
     rows: impl Iterator<Item = (&'a crate::config::HiveTarget, &'a WorkerBinaryView)>,
     several: bool,
     when_empty: &str,
@@ -253,7 +253,7 @@ fn binary_table<'a>(
 }
 
 /// `Key: value` lines for one worker binary.
-fn binary_details(binary: &WorkerBinaryView) -> String {
+pub(super) fn binary_details(binary: &WorkerBinaryView) -> String {
     let layout = if binary.symlink_target.is_empty() {
         binary.layout.to_owned()
     } else {

@@ -266,6 +266,7 @@ mod tests {
         HiveTarget {
             name: name.to_owned(),
             address: format!("{name}:7835"),
+            security: Default::default(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::{
     future::Future,
     io::{IsTerminal, Write},
     sync::Mutex,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -14,9 +14,9 @@ use rbee_proto::v1::{
     NarrateRequest, NarrationEvent, NarrationLevel, Progress,
     hive_service_client::HiveServiceClient,
 };
-use tonic::transport::Channel;
 
 use super::format;
+use crate::fanout::HiveChannel;
 
 /// How long the narration stream may wait for a job that has not started yet. The request
 /// naming the job is sent at the same time, so this only covers a slow start.
@@ -25,11 +25,17 @@ const WAIT_FOR_START: Duration = Duration::from_secs(5);
 /// How long to keep reading narration after the response arrived, for the last events.
 const DRAIN_AFTER_RESPONSE: Duration = Duration::from_millis(300);
 
-/// Action of the narration events that carry a line of a worker's log.
-const WORKER_LOG_ACTION: &str = "worker.log";
+/// Actions of the narration events that carry one line of another program's output: a
+/// worker's log, or the compiler's output during a build.
+const OUTPUT_LINE_ACTIONS: &[&str] = &["worker.log", "build.output"];
 
 /// Progress printed as text is printed again only after this many more percent.
 const TEXT_PROGRESS_STEP_PERCENT: u64 = 10;
+
+/// Progress printed as text is printed again after this long even without a step of
+/// [`TEXT_PROGRESS_STEP_PERCENT`], so a slow transfer or one of unknown size still shows that
+/// it moves.
+const TEXT_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Shows the narration of the jobs a command runs.
 pub struct Narrator {
@@ -43,8 +49,22 @@ pub struct Narrator {
 /// Progress shown so far, per hive and action.
 #[derive(Default)]
 struct State {
-    bars: HashMap<(String, String), ProgressBar>,
-    printed_percent: HashMap<(String, String), u64>,
+    bars: HashMap<(String, String), Bar>,
+    printed: HashMap<(String, String), PrintedProgress>,
+}
+
+/// A progress bar, and whether it shows a known total (a bar) or an unknown one (a spinner).
+struct Bar {
+    bar: ProgressBar,
+    total_known: bool,
+}
+
+/// The last progress line printed as text for one hive and action.
+#[derive(Debug, Clone, Copy)]
+struct PrintedProgress {
+    /// Percent done; `None` when the total was unknown.
+    percent: Option<u64>,
+    at: Instant,
 }
 
 impl Narrator {
@@ -67,7 +87,7 @@ impl Narrator {
     /// still decides the result.
     pub async fn narrate_while<T>(
         &self,
-        channel: Channel,
+        channel: HiveChannel,
         job_id: &str,
         hive: &str,
         request: impl Future<Output = Result<T, tonic::Status>>,
@@ -96,7 +116,7 @@ impl Narrator {
         result
     }
 
-    async fn stream_events(&self, channel: Channel, job_id: &str, hive: &str) {
+    async fn stream_events(&self, channel: HiveChannel, job_id: &str, hive: &str) {
         let request = NarrateRequest {
             job_id: job_id.to_owned(),
             wait_for_start: prost_types::Duration::try_from(WAIT_FOR_START).ok(),
@@ -142,8 +162,8 @@ impl Narrator {
         };
         match &event.progress {
             Some(progress) => self.show_progress(&prefix, hive, event, progress),
-            // A worker's own output, set apart from the hive's steps.
-            None if event.action == WORKER_LOG_ACTION => {
+            // Output of a worker or a compiler, set apart from the hive's steps.
+            None if OUTPUT_LINE_ACTIONS.contains(&event.action.as_str()) => {
                 self.print(&format!("{prefix}  | {}", event.message));
             }
             None => self.print(&format!("{prefix}{}", event_text(level, &event.message))),
@@ -153,43 +173,49 @@ impl Narrator {
     fn show_progress(&self, prefix: &str, hive: &str, event: &NarrationEvent, progress: &Progress) {
         let key = (hive.to_owned(), event.action.clone());
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let total_known = progress.total > 0;
 
         if let Some(bars) = &self.bars {
-            let bar = state.bars.entry(key).or_insert_with(|| {
+            let entry = state.bars.entry(key).or_insert_with(|| {
                 let bar = bars.add(ProgressBar::new(progress.total));
-                bar.set_style(progress_style(&progress.unit));
+                bar.set_style(progress_style(total_known));
                 bar.set_prefix(prefix.to_owned());
-                bar
+                Bar { bar, total_known }
             });
-            bar.set_message(event.message.clone());
-            if progress.total > 0 {
+            // A download that starts without a size may learn it later, for example when it
+            // resumes with a range request.
+            if entry.total_known != total_known {
+                entry.bar.set_style(progress_style(total_known));
+                entry.total_known = total_known;
+            }
+            let bar = &entry.bar;
+            if total_known {
                 bar.set_length(progress.total);
             }
+            bar.set_message(progress_message(event, progress));
             bar.set_position(progress.current);
-            if progress.total > 0 && progress.current >= progress.total {
+            if total_known && progress.current >= progress.total {
                 bar.finish();
+            } else if !total_known {
+                bar.tick();
             }
             return;
         }
 
-        // Without a terminal, progress becomes a line at the start, every few percent and at
-        // the end, so a log file does not fill up with one line per event.
-        let percent = (progress.total > 0).then(|| progress.current * 100 / progress.total);
-        let printed = state.printed_percent.get(&key).copied();
-        let due = match (percent, printed) {
-            (_, None) => true,
-            (Some(percent), Some(printed)) => {
-                percent >= printed + TEXT_PROGRESS_STEP_PERCENT || percent >= 100 && printed < 100
-            }
-            (None, Some(_)) => false,
-        };
-        if due {
-            state.printed_percent.insert(key, percent.unwrap_or(0));
+        // Without a terminal, progress becomes a line at the start, every few percent, at the
+        // end, and at least every few seconds. A log file then does not fill up with one line
+        // per event, and still shows that a slow transfer moves.
+        let percent = total_known.then(|| progress.current.saturating_mul(100) / progress.total);
+        let now = Instant::now();
+        if text_progress_due(state.printed.get(&key).copied(), percent, now) {
+            state
+                .printed
+                .insert(key, PrintedProgress { percent, at: now });
             drop(state);
+            let percent_text = percent.map(|p| format!(" ({p}%)")).unwrap_or_default();
             self.print(&format!(
-                "{prefix}{}: {}",
-                event.message,
-                progress_text(progress)
+                "{prefix}{}{percent_text}",
+                progress_message(event, progress)
             ));
         }
     }
@@ -197,7 +223,7 @@ impl Narrator {
     /// Stops drawing progress bars, so results printed next appear below them.
     pub fn finish(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, bar) in state.bars.drain() {
+        for (_, Bar { bar, .. }) in state.bars.drain() {
             if !bar.is_finished() {
                 bar.abandon();
             }
@@ -251,13 +277,48 @@ pub fn progress_text(progress: &Progress) -> String {
     )
 }
 
-fn progress_style(unit: &str) -> ProgressStyle {
-    let template = if unit == "bytes" {
-        "{prefix}{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}".to_owned()
+/// Returns the text of a progress event. The hive's message for a `bytes` step already states the amounts,
+/// the rate and the ETA (`12.0 MiB of 45.0 MiB (3.0 MiB/s, ETA 11s)`), so it is shown as it
+/// is. For other units, or without a message, the amounts are added.
+fn progress_message(event: &NarrationEvent, progress: &Progress) -> String {
+    if event.message.is_empty() {
+        progress_text(progress)
+    } else if progress.unit == "bytes" {
+        event.message.clone()
     } else {
-        format!("{{prefix}}{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit}")
+        format!("{}: {}", event.message, progress_text(progress))
+    }
+}
+
+/// Returns whether a progress line is due in text mode: for the first event of a step, after
+/// [`TEXT_PROGRESS_STEP_PERCENT`] more percent, at 100%, and after
+/// [`TEXT_PROGRESS_INTERVAL`] without a line.
+fn text_progress_due(last: Option<PrintedProgress>, percent: Option<u64>, now: Instant) -> bool {
+    let Some(last) = last else {
+        return true;
     };
-    ProgressStyle::with_template(&template)
+    if now.saturating_duration_since(last.at) >= TEXT_PROGRESS_INTERVAL {
+        return true;
+    }
+    match (percent, last.percent) {
+        (Some(percent), Some(printed)) => {
+            percent >= printed + TEXT_PROGRESS_STEP_PERCENT || (percent >= 100 && printed < 100)
+        }
+        // The total just became known.
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// Returns the style of a progress bar: a bar with the percent done when the total is known, a spinner
+/// otherwise. The message carries the amounts, the rate and the ETA.
+fn progress_style(total_known: bool) -> ProgressStyle {
+    let template = if total_known {
+        "{prefix}[{bar:30}] {percent:>3}% {wide_msg}"
+    } else {
+        "{prefix}{spinner} {wide_msg}"
+    };
+    ProgressStyle::with_template(template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ")
 }
@@ -280,6 +341,82 @@ mod tests {
             unit: "processes".to_owned(),
         };
         assert_eq!(progress_text(&processes), "3 processes");
+    }
+
+    fn event(action: &str, message: &str) -> NarrationEvent {
+        NarrationEvent {
+            action: action.to_owned(),
+            message: message.to_owned(),
+            level: NarrationLevel::Info.into(),
+            ..NarrationEvent::default()
+        }
+    }
+
+    #[test]
+    fn byte_progress_shows_the_hives_message() {
+        let download = Progress {
+            current: 12 * 1024 * 1024,
+            total: 45 * 1024 * 1024,
+            unit: "bytes".to_owned(),
+        };
+        let message = "12.0 MiB of 45.0 MiB (3.0 MiB/s, ETA 11s)";
+        let text = progress_message(&event("download.progress", message), &download);
+        assert_eq!(text, message);
+        let text = progress_message(&event("download.progress", ""), &download);
+        assert_eq!(text, "12.0 MiB / 45.0 MiB (26%)");
+    }
+
+    #[test]
+    fn other_progress_adds_the_amounts() {
+        let stopping = Progress {
+            current: 3,
+            total: 10,
+            unit: "processes".to_owned(),
+        };
+        let text = progress_message(&event("process.stop", "stopping"), &stopping);
+        assert_eq!(text, "stopping: 3 / 10 processes (30%)");
+    }
+
+    #[test]
+    fn text_progress_prints_steps_end_and_interval() {
+        let start = Instant::now();
+        let printed = |percent, seconds_ago: u64| PrintedProgress {
+            percent,
+            at: start - Duration::from_secs(seconds_ago),
+        };
+        assert!(text_progress_due(None, Some(0), start), "first event");
+        assert!(
+            text_progress_due(None, None, start),
+            "first event, unknown total"
+        );
+        assert!(!text_progress_due(
+            Some(printed(Some(20), 1)),
+            Some(25),
+            start
+        ));
+        assert!(text_progress_due(
+            Some(printed(Some(20), 1)),
+            Some(30),
+            start
+        ));
+        assert!(text_progress_due(
+            Some(printed(Some(95), 1)),
+            Some(100),
+            start
+        ));
+        assert!(!text_progress_due(
+            Some(printed(Some(100), 1)),
+            Some(100),
+            start
+        ));
+        assert!(!text_progress_due(Some(printed(None, 1)), None, start));
+        assert!(text_progress_due(Some(printed(None, 10)), None, start));
+        assert!(text_progress_due(
+            Some(printed(Some(20), 10)),
+            Some(21),
+            start
+        ));
+        assert!(text_progress_due(Some(printed(None, 1)), Some(40), start));
     }
 
     #[test]

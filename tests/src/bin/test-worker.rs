@@ -49,14 +49,16 @@ fn main() {
         eprintln!("fatal: cannot load model: invalid magic number");
         std::process::exit(3);
     }
-    // Kept open for the life of the process.
-    let _listener = (!options.no_listen).then(|| listen(options.port));
+    // Children first, so that once the port accepts connections (ready, to the hive) the whole
+    // tree exists.
     if options.fork_child {
         start_child(false);
     }
     if options.fork_session_child {
         start_child(true);
     }
+    // Kept open for the life of the process.
+    let _listener = (!options.no_listen).then(|| listen(options.port));
     if options.heartbeats > 0 {
         let (count, every) = (options.heartbeats, options.heartbeat_ms.max(1));
         std::thread::spawn(move || send_heartbeats(count, Duration::from_millis(every)));

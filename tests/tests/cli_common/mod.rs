@@ -85,6 +85,8 @@ impl Rbee {
             .env_remove("RBEE_HIVE")
             .env_remove("RBEE_CONFIG")
             .env_remove("RBEE_HIVE_BIN")
+            .env_remove("RBEE_TOKEN_FILE")
+            .env_remove("RBEE_HIVE_TOKEN")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());
         command
