@@ -36,7 +36,7 @@ pub enum Error {
     Provision(#[from] ProvisionError),
     /// A model cannot be deleted while active workers serve it.
     #[error(
-        "model {name} is in use by active workers {workers}; retire them first or delete with force",
+        "model {name} is in use by active workers {workers}; retire them first or delete with force (rbee: --force)",
         workers = .workers.join(", ")
     )]
     ModelInUse {
@@ -51,7 +51,7 @@ pub enum Error {
     /// A worker binary cannot be deleted while worker processes run it.
     #[error(
         "worker binary {name} is in use by worker processes {pids}; \
-         stop them first or delete with force",
+         stop them first or delete with force (rbee: --force)",
         pids = join_pids(.pids)
     )]
     BinaryInUse {

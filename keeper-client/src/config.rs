@@ -147,6 +147,10 @@ pub enum ConfigError {
         message: String,
     },
 
+    /// `--hive` was given but names no hive.
+    #[error("no hives targeted: --hive is empty; name at least one hive or HOST:PORT")]
+    NoTargets,
+
     /// A hive name in the file cannot be used on the command line.
     #[error(
         "invalid hive name {name:?} in {}: use letters, digits, `-`, `_` and `.`",
@@ -310,6 +314,10 @@ impl Config {
             if !targets.iter().any(|known| known.name == target.name) {
                 targets.push(target);
             }
+        }
+        // An empty `--hive ''` (often an unset variable) must not quietly do nothing.
+        if targets.is_empty() {
+            return Err(ConfigError::NoTargets);
         }
         Ok(targets)
     }

@@ -152,3 +152,27 @@ fn start_rejects_remote_targets() {
     assert_eq!(run.code, Some(2), "stderr:\n{}", run.stderr);
     assert!(run.stdout.is_empty());
 }
+
+#[test]
+fn empty_hive_list_is_a_usage_error() {
+    let rbee = Rbee::new();
+
+    for hives in ["", ","] {
+        let run = rbee.run(&[
+            "--hive", hives, "worker", "binary", "list", "--output", "json",
+        ]);
+
+        assert_eq!(
+            run.code,
+            Some(2),
+            "--hive {hives:?}; stderr:\n{}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty(), "{}", run.stdout);
+        assert!(
+            run.stderr.contains("no hives targeted"),
+            "--hive {hives:?}; stderr:\n{}",
+            run.stderr
+        );
+    }
+}

@@ -218,7 +218,7 @@ async fn delete_in_use_fails_naming_pids_then_force_stops_them() {
         status.message(),
         format!(
             "worker binary busy is in use by worker processes {low}, {high}; \
-             stop them first or delete with force"
+             stop them first or delete with force (rbee: --force)"
         )
     );
     assert!(first.is_running());

@@ -453,7 +453,7 @@ async fn models_download_list_get_and_delete_in_use() {
     assert_eq!(
         in_use.message(),
         format!(
-            "model tiny.gguf is in use by active workers {}; retire them first or delete with force",
+            "model tiny.gguf is in use by active workers {}; retire them first or delete with force (rbee: --force)",
             worker.worker_id
         )
     );

@@ -622,3 +622,85 @@ async fn heartbeat_and_retire_of_unknown_workers() {
         .unwrap_err();
     assert_eq!(malformed.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn retire_stops_children_left_by_an_exited_worker() {
+    let hive = TestHive::start();
+    let folder = hive.catalog_dir().join("launcher");
+    fs::create_dir(&folder).unwrap();
+    // The launcher starts the real server in the background and exits at once.
+    let script = format!(
+        "{} --port {{port}} & sleep 1; exit 0",
+        test_worker_bin().display()
+    );
+    fs::write(
+        folder.join("manifest.json"),
+        serde_json::json!({ "command": ["sh", "-c", script] }).to_string(),
+    )
+    .unwrap();
+    let model = model();
+    let mut client = hive.client().await;
+    let worker = spawn(&mut client, spawn_request("launcher", &model.path, &[])).await;
+    let lost = wait_for_state(
+        &mut client,
+        &worker.worker_id,
+        ActiveWorkerState::Lost,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(lost.lost_reason, "exited: exit code 0");
+    assert!(accepts_connections(worker.port), "the child still serves");
+
+    client
+        .retire_active_worker(RetireActiveWorkerRequest {
+            worker_id: worker.worker_id.clone(),
+            grace_period: Some(Duration::from_millis(500).try_into().unwrap()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    assert!(
+        !accepts_connections(worker.port),
+        "the child is gone with the worker"
+    );
+}
+
+#[tokio::test]
+async fn stopped_worker_turns_stale() {
+    let hive = TestHive::start_with(HiveOptions {
+        args: vec!["--heartbeat-interval-secs".into(), "0.1".into()],
+    });
+    hive.install(&test_worker_bin(), "w");
+    let model = model();
+    let mut client = hive.client().await;
+    let worker = spawn(&mut client, spawn_request("w", &model.path, &[])).await;
+    let pid = nix::unistd::Pid::from_raw(worker.pid);
+
+    // The worker is a child of the hive this test started.
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let stale = wait_for_state(
+        &mut client,
+        &worker.worker_id,
+        ActiveWorkerState::Stale,
+        Duration::from_secs(5),
+    )
+    .await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+
+    assert_eq!(stale.heartbeat_source(), HeartbeatSource::ReadinessCheck);
+    wait_for_state(
+        &mut client,
+        &worker.worker_id,
+        ActiveWorkerState::Ready,
+        Duration::from_secs(5),
+    )
+    .await;
+    client
+        .retire_active_worker(RetireActiveWorkerRequest {
+            worker_id: worker.worker_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}

@@ -45,7 +45,7 @@ pub enum CatalogError {
         dir: PathBuf,
     },
     /// An entry of that name exists and replacing it was not requested.
-    #[error("worker binary {0} already exists; pass replace to overwrite it")]
+    #[error("worker binary {0} already exists; set replace (rbee: --replace) to overwrite it")]
     AlreadyExists(WorkerName),
     /// The entry exists but cannot be used, for example because its manifest is invalid.
     #[error("worker binary {name} cannot be used: {problem}")]

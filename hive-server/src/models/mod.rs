@@ -59,7 +59,7 @@ pub enum ModelError {
         dir: PathBuf,
     },
     /// A model of that name exists and replacing it was not requested.
-    #[error("model {0} already exists; pass replace to overwrite it")]
+    #[error("model {0} already exists; set replace (rbee: --replace) to overwrite it")]
     AlreadyExists(ModelName),
     /// A file system operation failed.
     #[error("failed to {action} {path}: {source}")]

@@ -11,8 +11,8 @@ mod tree;
 
 use std::{collections::HashMap, io, path::PathBuf, time::SystemTime};
 
-pub use scan::{find_worker, has_exited, list_workers, start_ticks};
-pub use stop::{StopMethod, StoppedProcess, kill_group, stop_worker};
+pub use scan::{find_worker, has_exited, is_stopped, list_workers, start_ticks};
+pub use stop::{StopMethod, StoppedProcess, kill_group, stop_remnants, stop_worker};
 
 use crate::catalog::{Catalog, WorkerName};
 

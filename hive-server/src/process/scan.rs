@@ -40,7 +40,7 @@ pub fn list_workers(
             continue;
         }
         // A process that exits between the two reads is simply not listed.
-        if let Ok(worker) = read_worker(pid, found, &clock, &mut tables) {
+        if let Ok(worker) = read_worker(pid, found, clock, &mut tables) {
             workers.push(worker);
         }
     }
@@ -62,7 +62,7 @@ pub fn find_worker(identity: Identity<'_>, pid: i32) -> Result<WorkerProcess, Pr
     }
     let found = identify(identity, pid).ok_or_else(not_found)?;
     let clock = Clock::read()?;
-    read_worker(pid, found, &clock, &mut ListenTables::default()).map_err(|_| not_found())
+    read_worker(pid, found, clock, &mut ListenTables::default()).map_err(|_| not_found())
 }
 
 /// Why a process is a worker process.
@@ -152,6 +152,13 @@ pub fn has_exited(pid: i32) -> bool {
         .map_or(true, |stat| matches!(stat.state, 'Z' | 'X' | 'x'))
 }
 
+/// Returns whether `pid` is stopped by a signal (SIGSTOP, SIGTSTP) or a tracer.
+pub fn is_stopped(pid: i32) -> bool {
+    Process::new(pid)
+        .and_then(|p| p.stat())
+        .is_ok_and(|stat| matches!(stat.state, 'T' | 't'))
+}
+
 /// Reads the raw wait status the kernel keeps for `pid` while it is a zombie, if the process
 /// started at `start_ticks` is still there to read.
 pub(super) fn zombie_wait_status(pid: i32, start_ticks: u64) -> Option<i32> {
@@ -170,17 +177,22 @@ pub(super) struct Clock {
 }
 
 impl Clock {
-    pub(super) fn read() -> Result<Self, ProcessError> {
+    /// Returns the clock facts, read once: none of them changes while the machine runs.
+    pub(super) fn read() -> Result<&'static Self, ProcessError> {
+        static CLOCK: std::sync::OnceLock<Clock> = std::sync::OnceLock::new();
+        if let Some(clock) = CLOCK.get() {
+            return Ok(clock);
+        }
         let boot_secs = procfs::boot_time_secs().map_err(|e| ProcessError::Os {
             action: "read the boot time from /proc/stat",
             pid: 0,
             source: proc_error(e),
         })?;
-        Ok(Self {
+        Ok(CLOCK.get_or_init(|| Self {
             boot_time: SystemTime::UNIX_EPOCH + Duration::from_secs(boot_secs),
             ticks_per_second: procfs::ticks_per_second().max(1),
             page_size: procfs::page_size(),
-        })
+        }))
     }
 
     fn ticks_to_duration(&self, ticks: u64) -> Duration {

@@ -170,6 +170,41 @@ pub async fn stop_worker(
     })
 }
 
+/// Stops the processes a worker left behind after its own process exited: every process whose
+/// environment contains `marker` (`RBEE_WORKER_ID=<id>`, which children inherit), SIGTERM, then
+/// SIGKILL after `grace`. Returns how many there were.
+///
+/// Each is signalled through a pidfd checked against the start time read with its environment.
+pub async fn stop_remnants(marker: &str, grace: Duration, narrator: &Narrator) -> usize {
+    let members = tree::carrying(marker);
+    let members = open_members(members, &[]);
+    if members.is_empty() {
+        return 0;
+    }
+    narrator.info(
+        "process.signal",
+        format!(
+            "sending SIGTERM to {} processes left behind by the worker",
+            members.len()
+        ),
+    );
+    signal_members(&members, Signal::TERM);
+    if tokio::time::timeout(grace, members_exited(&members))
+        .await
+        .is_err()
+    {
+        signal_members(&members, Signal::KILL);
+        let _ = tokio::time::timeout(KILL_WAIT, members_exited(&members)).await;
+    }
+    members.len()
+}
+
+async fn members_exited(members: &[OpenMember]) {
+    for member in members {
+        exited(&member.pidfd).await;
+    }
+}
+
 /// A process of a worker's tree with a pidfd that is known to refer to it.
 struct OpenMember {
     pid: i32,

@@ -66,3 +66,32 @@ pub(super) fn members(leader: i32) -> Vec<Member> {
     members.sort_by_key(|m| m.pid);
     members
 }
+
+/// Lists the processes whose environment contains the entry `marker` (`NAME=value`).
+///
+/// Environments of other users' processes are unreadable without privileges, so those never
+/// match.
+pub(super) fn carrying(marker: &str) -> Vec<Member> {
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for process in all.flatten() {
+        let Ok(environ) = std::fs::read(format!("/proc/{}/environ", process.pid)) else {
+            continue;
+        };
+        if !environ
+            .split(|&b| b == 0)
+            .any(|entry| entry == marker.as_bytes())
+        {
+            continue;
+        }
+        if let Ok(stat) = process.stat() {
+            found.push(Member {
+                pid: stat.pid,
+                start_ticks: stat.starttime,
+            });
+        }
+    }
+    found
+}

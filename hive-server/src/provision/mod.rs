@@ -298,7 +298,14 @@ impl Provisioner {
                 });
             }
         };
-        while let Some(event) = events.next().await {
+        // Cancelling this job stops only the waiting; the other job's transfer goes on.
+        let cancel = narrator.cancellation();
+        loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                () = cancel.cancelled() => return Err(ProvisionError::Cancelled),
+            };
+            let Some(event) = event else { break };
             if let Some(outcome) = event.outcome {
                 return if outcome.is_ok() {
                     Ok(())

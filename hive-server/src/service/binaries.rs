@@ -2,7 +2,7 @@
 
 use rbee_proto::v1 as proto;
 
-use super::{HiveApi, blocking, processes::stopped_to_proto, with_identity};
+use super::{HiveApi, blocking, counted, processes::stopped_to_proto, with_identity};
 use crate::{
     catalog::{Layout, WorkerBinary, WorkerName},
     error::Error,
@@ -22,7 +22,7 @@ impl HiveApi {
         let binaries = blocking(move || Ok(catalog.list()?)).await?;
         narrator.info(
             "binary.list",
-            format!("found {} worker binaries", binaries.len()),
+            counted(binaries.len(), "worker binary", "worker binaries"),
         );
         Ok(proto::ListWorkerBinariesResponse {
             job_id: narrator.job_id().to_string(),

@@ -561,6 +561,12 @@ impl HiveService for HiveApi {
     }
 }
 
+/// Says how many of a thing were found, in the right number.
+fn counted(count: usize, one: &str, many: &str) -> String {
+    let noun = if count == 1 { one } else { many };
+    format!("found {count} {noun}")
+}
+
 /// Cuts a client-supplied string for a narration message, so a huge request field does not turn
 /// into a huge event.
 fn shorten(value: &str) -> String {

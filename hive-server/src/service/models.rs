@@ -2,7 +2,7 @@
 
 use rbee_proto::v1 as proto;
 
-use super::{HiveApi, blocking, processes::DEFAULT_GRACE};
+use super::{HiveApi, blocking, counted, processes::DEFAULT_GRACE};
 use crate::{
     error::Error,
     jobs::Narrator,
@@ -17,7 +17,7 @@ impl HiveApi {
     ) -> Result<proto::ListModelsResponse, Error> {
         let models = self.models();
         let models = blocking(move || Ok(models.list()?)).await?;
-        narrator.info("model.list", format!("found {} models", models.len()));
+        narrator.info("model.list", counted(models.len(), "model", "models"));
         Ok(proto::ListModelsResponse {
             job_id: narrator.job_id().to_string(),
             models: models.into_iter().map(model_to_proto).collect(),
@@ -52,13 +52,22 @@ impl HiveApi {
             blocking(move || Ok(models.get(&name)?)).await?
         };
 
-        let path = model.path.display().to_string();
+        // Compared as resolved files, so a worker spawned through a link to the model counts.
+        let file = model
+            .path
+            .canonicalize()
+            .unwrap_or_else(|_| model.path.clone());
         let serving: Vec<_> = self
             .shared
             .workers
             .list()
             .into_iter()
-            .filter(|worker| worker.model == path && worker.state != WorkerState::Lost)
+            .filter(|worker| worker.state != WorkerState::Lost)
+            .filter(|worker| {
+                std::path::Path::new(&worker.model)
+                    .canonicalize()
+                    .is_ok_and(|served| served == file)
+            })
             .map(|worker| worker.id)
             .collect();
         if !serving.is_empty() && !request.force {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rbee_proto::v1 as proto;
 
-use super::{HiveApi, blocking, proto_duration, request_duration, with_identity};
+use super::{HiveApi, blocking, counted, proto_duration, request_duration, with_identity};
 use crate::{
     catalog::{CatalogError, WorkerName},
     error::Error,
@@ -38,7 +38,7 @@ impl HiveApi {
         .await?;
         narrator.info(
             "process.list",
-            format!("found {} worker processes", workers.len()),
+            counted(workers.len(), "worker process", "worker processes"),
         );
         Ok(proto::ListWorkerProcessesResponse {
             job_id: narrator.job_id().to_string(),

@@ -109,8 +109,8 @@ impl Workers {
                     || worker.api.as_deref() != Some(LLAMA_CPP_API)
                 {
                     return Err(WorkerError::NotServing(format!(
-                        "worker {id} cannot serve inference: it is {:?} and serves {}",
-                        worker.state,
+                        "worker {id} cannot serve inference: it is {} and serves {}",
+                        worker.state.name(),
                         worker.api.as_deref().unwrap_or("no known inference API")
                     )));
                 }

@@ -70,7 +70,7 @@ pub enum WorkerError {
     },
     /// The port is taken.
     #[error(
-        "port {0} is already in use on this machine; choose another or pass 0 to let the hive pick one"
+        "port {0} is already in use on this machine; choose another, or leave the port unset to let the hive pick one"
     )]
     PortInUse(u16),
     /// A manifest template cannot be expanded.
@@ -160,6 +160,18 @@ pub enum WorkerState {
     Stale,
     /// Exited, or heartbeats stopped.
     Lost,
+}
+
+impl WorkerState {
+    /// Returns the state's name as users see it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Ready => "ready",
+            Self::Stale => "stale",
+            Self::Lost => "lost",
+        }
+    }
 }
 
 /// How the hive learns that a worker is alive.
@@ -413,6 +425,12 @@ impl Workers {
             Ok(stopped) => Some(stopped),
             Err(ProcessError::NotFound { .. }) => {
                 narrator.info("worker.retire", format!("worker {id} had already exited"));
+                // Its children may still run, and hold its port.
+                let marker = format!("RBEE_WORKER_ID={id}");
+                let left = process::stop_remnants(&marker, grace, narrator).await;
+                if left > 0 {
+                    tracing::info!(worker_id = %id, processes = left, "stopped processes left behind");
+                }
                 None
             }
             Err(error) => return Err(error.into()),

@@ -38,7 +38,10 @@ impl Workers {
                 self.mark_lost(&worker.id, "exited".to_owned());
                 continue;
             }
+            // A stopped process (SIGSTOP) still has its socket accept connections, but it serves
+            // nothing, so it earns no heartbeat.
             if source == HeartbeatSource::ReadinessCheck
+                && !process::is_stopped(worker.pid)
                 && super::readiness::check(&worker.readiness, worker.port).await
             {
                 self.record_probe(&worker.id);

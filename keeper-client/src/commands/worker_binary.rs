@@ -39,6 +39,8 @@ pub struct WorkerBinaryView {
     source: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     symlink_target: String,
+    /// Why the entry cannot be used; empty for a usable entry.
+    problem: String,
 }
 
 impl From<WorkerBinary> for WorkerBinaryView {
@@ -61,6 +63,7 @@ impl From<WorkerBinary> for WorkerBinaryView {
             version: binary.version,
             source: binary.source,
             symlink_target: binary.symlink_target,
+            problem: binary.problem,
         }
     }
 }
@@ -240,7 +243,11 @@ pub(super) fn binary_table<'a>(
             format::bytes(binary.size_bytes),
             format::age(binary.modified_at.as_ref()),
             if binary.executable { "yes" } else { "no" }.to_owned(),
-            binary.sha256.chars().take(12).collect(),
+            if binary.problem.is_empty() {
+                binary.sha256.chars().take(12).collect()
+            } else {
+                "broken: see get".to_owned()
+            },
         ]);
         table.add_row(row);
     }
@@ -280,6 +287,8 @@ pub(super) fn binary_details(binary: &WorkerBinaryView) -> String {
             if binary.executable { "yes" } else { "no" }.to_owned(),
         ),
         ("SHA-256", binary.sha256.clone()),
+        // Shown only for a broken entry: empty values are left out.
+        ("Problem", binary.problem.clone()),
     ])
 }
 
