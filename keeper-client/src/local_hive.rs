@@ -180,6 +180,17 @@ pub fn running_hive() -> Option<LocalhostHive> {
             address: record.address,
             token_file: record.token_file,
         }),
+        Ok(LocalHive::Stale(record)) => {
+            // Falling back to the default address may reach another hive: say so.
+            eprintln!(
+                "warning: the hive `rbee hive start` started (pid {}, {}) is not running; \
+                 using {} instead",
+                record.pid,
+                record.address,
+                rbee_proto::DEFAULT_HIVE_ADDR
+            );
+            None
+        }
         _ => None,
     }
 }

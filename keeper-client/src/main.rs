@@ -63,7 +63,11 @@ fn main() -> ExitCode {
             exit = run(cli) => exit,
             // Returning drops the command's future, which cancels every in-flight call.
             _ = tokio::signal::ctrl_c(), if !command_handles_ctrl_c => {
-                write_stderr("interrupted: in-flight requests were cancelled");
+                write_stderr(
+                    "interrupted: stopped waiting for the hives; an operation a hive had already \
+                     started (spawn, delete, retire) still runs to the end there, and \
+                     `rbee job follow JOB_ID` shows how it ends",
+                );
                 Exit::Interrupted
             }
         }
