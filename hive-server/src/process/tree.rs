@@ -17,6 +17,11 @@ pub(super) struct Member {
 /// The process group counts only when the leader leads it (`pgid == pid`): a worker started from
 /// a shell without job control shares the shell's group, and signalling that group would hit the
 /// shell and its other children.
+///
+/// Limitation: a process that left the worker's group (`setsid`) and whose parent exited before
+/// the stop has been reparented away from the worker, so it is no longer found here. For workers
+/// the hive spawned, a retire after the worker's own exit still finds such processes by the
+/// worker id in their environment; a DeleteWorkerProcess of a running worker does not look.
 pub(super) fn members(leader: i32) -> Vec<Member> {
     let Ok(all) = procfs::process::all_processes() else {
         return Vec::new();

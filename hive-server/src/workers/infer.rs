@@ -23,7 +23,7 @@ pub const LLAMA_CPP_API: &str = "llama.cpp";
 pub struct Completion {
     /// Text to continue.
     pub prompt: String,
-    /// Most tokens to generate.
+    /// Maximum number of tokens to generate.
     pub max_tokens: u32,
     /// Sampling temperature.
     pub temperature: f32,
