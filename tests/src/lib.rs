@@ -118,6 +118,8 @@ pub struct HiveOptions {
 pub struct TestHive {
     /// Address the hive listens on.
     pub addr: std::net::SocketAddr,
+    /// Declared before `process`, so spawned workers are stopped before the hive is killed.
+    workers: SpawnedWorkerSweeper,
     process: ChildGuard,
     dir: TempDir,
 }
@@ -194,7 +196,15 @@ impl TestHive {
             })
             .parse()
             .expect("socket address");
-        Self { addr, process, dir }
+        let workers = SpawnedWorkerSweeper {
+            state_dir: Some(dir.path().join("state")),
+        };
+        Self {
+            addr,
+            workers,
+            process,
+            dir,
+        }
     }
 
     /// Catalog directory.
@@ -269,10 +279,76 @@ impl TestHive {
     }
 
     /// Gives up the temp directory, for starting a new hive on it after this one is gone.
+    ///
+    /// The workers the hive spawned keep running, as they would after a crash of the hive.
     pub fn into_dir(self) -> TempDir {
-        let Self { process, dir, .. } = self;
+        let Self {
+            mut workers,
+            process,
+            dir,
+            ..
+        } = self;
+        workers.state_dir = None;
         drop(process);
         dir
+    }
+}
+
+/// Kills, on drop, the workers a test hive spawned: workers outlive their hive by design, so
+/// killing the hive alone would leave them running when a test fails midway.
+///
+/// The workers are read from the hive's state file and recognized, with their children, by the
+/// `RBEE_WORKER_ID=<id>` entry they carry in their environment.
+#[derive(Debug)]
+struct SpawnedWorkerSweeper {
+    state_dir: Option<PathBuf>,
+}
+
+impl Drop for SpawnedWorkerSweeper {
+    fn drop(&mut self) {
+        let Some(state_dir) = &self.state_dir else {
+            return;
+        };
+        let Ok(state) = fs::read(state_dir.join("workers.json")) else {
+            return;
+        };
+        let Ok(state) = serde_json::from_slice::<serde_json::Value>(&state) else {
+            return;
+        };
+        let markers: Vec<String> = state["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|worker| worker["id"].as_str())
+            .map(|id| format!("RBEE_WORKER_ID={id}"))
+            .collect();
+        if markers.is_empty() {
+            return;
+        }
+        let Ok(proc_dir) = fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in proc_dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(environ) = fs::read(format!("/proc/{pid}/environ")) else {
+                continue;
+            };
+            let carries_marker = environ
+                .split(|&b| b == 0)
+                .any(|entry| markers.iter().any(|m| entry == m.as_bytes()));
+            if carries_marker {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
     }
 }
 

@@ -704,3 +704,27 @@ async fn stopped_worker_turns_stale() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn dropped_test_hive_takes_its_workers_along() {
+    let hive = TestHive::start();
+    hive.install(&test_worker_bin(), "w");
+    let model = model();
+    let mut client = hive.client().await;
+    let worker = spawn(
+        &mut client,
+        spawn_request("w", &model.path, &["--fork-child"]),
+    )
+    .await;
+    let children = children_of(worker.pid);
+    assert_eq!(children.len(), 1);
+
+    drop(client);
+    drop(hive);
+
+    assert!(
+        !process_exists(worker.pid),
+        "a failed test leaves no worker behind"
+    );
+    assert!(!process_exists(children[0]));
+}
