@@ -100,11 +100,11 @@ pub enum Readiness {
 
 /// Digests already computed, keyed by path and checked against the file's identity, so listing
 /// a catalog of large binaries does not hash them again.
-pub(super) type DigestCache = HashMap<PathBuf, (FileIdentity, String)>;
+pub(crate) type DigestCache = HashMap<PathBuf, (FileIdentity, String)>;
 
 /// What must be unchanged for a cached digest to still be valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct FileIdentity {
+pub(crate) struct FileIdentity {
     dev: u64,
     ino: u64,
     len: u64,
@@ -323,7 +323,9 @@ fn find_program(program: &str) -> Option<PathBuf> {
         })
 }
 
-fn digest(
+/// Returns the SHA-256 of the open `file` at `path`, from `digests` while the file's identity
+/// is unchanged, else by reading it from the start.
+pub(crate) fn digest(
     path: &Path,
     file: &mut File,
     metadata: &std::fs::Metadata,

@@ -18,8 +18,7 @@ use std::{
 pub use entry::{Layout, Manifest, Readiness, WorkerBinary};
 pub use name::{InvalidName, MAX_NAME_BYTES, WorkerName, check_entry_name};
 
-use entry::DigestCache;
-pub(crate) use entry::sha256_hex;
+pub(crate) use entry::{DigestCache, digest, sha256_hex};
 
 /// File name of the manifest inside a folder entry.
 pub const MANIFEST_FILE: &str = "manifest.json";

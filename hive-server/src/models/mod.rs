@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     fs::{File, OpenOptions},
     io::{self, Read},
-    os::unix::fs::{MetadataExt, OpenOptionsExt},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::Mutex,
     time::SystemTime,
@@ -16,7 +16,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{InvalidName, check_entry_name, sha256_hex};
+use crate::catalog::{DigestCache, InvalidName, check_entry_name, digest};
 
 /// Folder, inside the model directory, of the metadata the hive records about models.
 const META_DIR: &str = ".meta";
@@ -107,16 +107,12 @@ struct ModelMeta {
     source_url: Option<String>,
 }
 
-/// Inode, size and modification time (seconds, nanoseconds) of a file: while they are
-/// unchanged, a digest computed earlier is still valid.
-type FileIdentity = (u64, u64, i64, i64);
-
 /// The model catalog of one hive.
 #[derive(Debug)]
 pub struct ModelCatalog {
     dir: PathBuf,
-    /// Digests by path.
-    digests: Mutex<HashMap<PathBuf, (FileIdentity, String)>>,
+    /// Digests by path, reused while a file is unchanged.
+    digests: Mutex<DigestCache>,
 }
 
 impl ModelCatalog {
@@ -243,7 +239,8 @@ impl ModelCatalog {
             return Ok(None);
         }
         let format = detect_format(&mut file, &path).map_err(io_error("read", &path))?;
-        let sha256 = self.digest(&path, &mut file, &metadata)?;
+        let sha256 =
+            digest(&path, &mut file, &metadata, &self.digests).map_err(io_error("read", &path))?;
         let source_url = std::fs::read(self.meta_path(name))
             .ok()
             .and_then(|bytes| serde_json::from_slice::<ModelMeta>(&bytes).ok())
@@ -257,39 +254,6 @@ impl ModelCatalog {
             source_url,
             modified_at: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
         }))
-    }
-
-    fn digest(
-        &self,
-        path: &Path,
-        file: &mut File,
-        metadata: &std::fs::Metadata,
-    ) -> Result<String, ModelError> {
-        let identity = (
-            metadata.ino(),
-            metadata.len(),
-            metadata.mtime(),
-            metadata.mtime_nsec(),
-        );
-        let cached = self
-            .digests
-            .lock()
-            .expect("model digest lock poisoned")
-            .get(path)
-            .filter(|(known, _)| *known == identity)
-            .map(|(_, hex)| hex.clone());
-        if let Some(hex) = cached {
-            return Ok(hex);
-        }
-        use std::io::{Seek, SeekFrom};
-        file.seek(SeekFrom::Start(0))
-            .map_err(io_error("read", path))?;
-        let hex = sha256_hex(file).map_err(io_error("read", path))?;
-        self.digests
-            .lock()
-            .expect("model digest lock poisoned")
-            .insert(path.to_owned(), (identity, hex.clone()));
-        Ok(hex)
     }
 
     fn meta_path(&self, name: &ModelName) -> PathBuf {
