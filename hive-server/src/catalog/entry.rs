@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::{MANIFEST_FILE, WorkerName};
 
-/// How a catalog entry is stored.
+/// Storage layout of a catalog entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
     /// A file directly in the catalog directory.
@@ -35,7 +35,7 @@ pub struct WorkerBinary {
     pub name: WorkerName,
     /// Path of the executable file (for a symbolic link, the link itself).
     pub path: PathBuf,
-    /// How the entry is stored.
+    /// Storage layout.
     pub layout: Layout,
     /// Size of the executable in bytes; zero for a dangling link.
     pub size_bytes: u64,
@@ -55,7 +55,7 @@ pub struct WorkerBinary {
     pub symlink_target: Option<PathBuf>,
     /// Manifest of a folder entry; the defaults for other layouts.
     pub manifest: Manifest,
-    /// Why the entry cannot be used, for an entry that is broken; `None` when it is usable.
+    /// Reason a broken entry cannot be used; `None` for a usable entry.
     pub problem: Option<String>,
 }
 
@@ -71,7 +71,7 @@ pub struct Manifest {
     pub binary: Option<PathBuf>,
     /// Version of the binary.
     pub version: Option<String>,
-    /// Where the binary came from: a URL or a source path.
+    /// Origin of the binary: a URL or a source path.
     pub source: Option<String>,
     /// Full command line template, for workers run by an interpreter or a program outside the
     /// catalog (`["python3", "-m", "http.server", "{port}"]`). Replaces `binary` and `args`.
@@ -84,7 +84,7 @@ pub struct Manifest {
     /// Readiness check of the worker; by default, its port accepts connections.
     pub readiness: Option<Readiness>,
     /// Launch preset: `llama-server` for llama.cpp's server, whose arguments, readiness check
-    /// and completion API the hive then knows. Entries named `llama-server` use it by default.
+    /// and completion API the hive then applies. Entries named `llama-server` use it by default.
     pub preset: Option<String>,
 }
 
@@ -102,7 +102,7 @@ pub enum Readiness {
 /// a catalog of large binaries does not hash them again.
 pub(crate) type DigestCache = HashMap<PathBuf, (FileIdentity, String)>;
 
-/// What must be unchanged for a cached digest to still be valid.
+/// File identity that must be unchanged for a cached digest to stay valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FileIdentity {
     dev: u64,

@@ -45,7 +45,7 @@ impl Outcome {
     /// gRPC code number of UNAVAILABLE.
     const UNAVAILABLE: i32 = 14;
 
-    /// A successful outcome.
+    /// Returns a successful outcome.
     pub fn ok() -> Self {
         Self {
             code: 0,
@@ -53,7 +53,7 @@ impl Outcome {
         }
     }
 
-    /// A failed outcome with gRPC code number `code`.
+    /// Returns a failed outcome with gRPC code number `code`.
     pub fn failed(code: i32, message: impl Into<String>) -> Self {
         Self {
             code,
@@ -61,12 +61,12 @@ impl Outcome {
         }
     }
 
-    /// A job cancelled before it finished.
+    /// Returns the outcome of a job cancelled before it finished.
     pub fn cancelled(message: impl Into<String>) -> Self {
         Self::failed(Self::CANCELLED, message)
     }
 
-    /// A job whose outcome a subscriber cannot learn because the hive is going away.
+    /// Returns the outcome a subscriber sees when the hive goes away before the job ends.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::failed(Self::UNAVAILABLE, message)
     }

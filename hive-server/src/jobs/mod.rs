@@ -83,7 +83,7 @@ pub struct Jobs {
 
 impl Jobs {
     /// Creates an empty registry. Cancelling `shutdown` ends every subscription with a final
-    /// event that says the hive is shutting down.
+    /// event that reports the hive shutting down.
     pub fn new(limits: JobLimits, shutdown: CancellationToken) -> Self {
         Self {
             jobs: Mutex::new(HashMap::new()),

@@ -46,8 +46,8 @@ pub struct Identity<'a> {
 /// Errors of process operations.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    /// No worker process has this pid. Deliberately says nothing about whether another process
-    /// has it.
+    /// No worker process has this pid. The message deliberately reveals nothing about whether
+    /// another process has it.
     #[error("no worker process with pid {pid}")]
     NotFound {
         /// The pid looked up.

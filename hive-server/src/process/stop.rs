@@ -24,7 +24,7 @@ use crate::{catalog::WorkerName, jobs::Narrator};
 /// takes longer.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// Which signals ended a process.
+/// Signals that ended a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopMethod {
     /// Exited within the grace period after SIGTERM.
@@ -44,7 +44,7 @@ pub struct StoppedProcess {
     pub pid: i32,
     /// Catalog name of the binary it ran.
     pub worker_name: WorkerName,
-    /// Which signals ended it.
+    /// Signals that ended it.
     pub method: StopMethod,
     /// Exit code, when it exited normally and its status was readable.
     pub exit_code: Option<i32>,
@@ -320,7 +320,8 @@ fn send(pidfd: &AsyncFd<OwnedFd>, pid: i32, signal: Signal) -> Result<bool, Proc
 /// Waits until the process behind the pidfd has exited.
 async fn exited(pidfd: &AsyncFd<OwnedFd>) {
     // A pidfd never stops being readable once the process exits, so the readiness is not
-    // cleared. An error from the reactor cannot happen for a registered pidfd; treat it as exit.
+    // cleared. A reactor error is treated as an exit too, because waiting longer would learn
+    // nothing more.
     let _ = pidfd.readable().await;
 }
 

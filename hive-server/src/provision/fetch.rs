@@ -20,7 +20,7 @@ const ATTEMPTS: u32 = 5;
 /// Shortest time between two progress events.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
-/// Where to fetch from.
+/// Source of a download.
 #[derive(Debug, Clone)]
 pub enum Source {
     /// An `http` or `https` URL.
@@ -376,7 +376,7 @@ async fn remove_quietly(path: &Path) {
     }
 }
 
-/// Joins an error with its sources: reqwest's top-level messages alone say little.
+/// Joins an error with its sources, because reqwest's top-level messages alone are vague.
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();

@@ -40,7 +40,7 @@ pub enum ProvisionError {
     /// The URL or source path does not exist.
     #[error("{0} not found")]
     SourceNotFound(String),
-    /// The server answered with an error status that retrying will not fix.
+    /// The server returned an error status that retrying will not fix.
     #[error("download of {url} failed: the server answered {status}")]
     Http {
         /// The URL.
@@ -129,7 +129,7 @@ pub enum ProvisionError {
     },
 }
 
-/// What is being installed, for joining concurrent requests.
+/// Artifact being installed, for joining concurrent requests.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Artifact {
     Worker(String),

@@ -1,8 +1,8 @@
 //! The `rbee.hive.v1.HiveService` implementation.
 //!
-//! Each RPC runs as a job: [`HiveApi::begin`] takes a concurrency permit and starts the job,
-//! the handler in the file of its noun does the work, and [`HiveApi::finish`] records the
-//! outcome and turns it into the response or the error status.
+//! Each RPC runs as a job. [`HiveApi::begin`] takes a concurrency permit and starts the job.
+//! The handler in the file of its noun does the work. [`HiveApi::finish`] records the outcome
+//! and turns it into the response or the error status.
 
 mod active_workers;
 mod binaries;

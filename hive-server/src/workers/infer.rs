@@ -1,5 +1,5 @@
 //! Inference through a ready worker: choosing one for a model, and streaming a completion from
-//! llama.cpp's HTTP API (`POST /completion` with `"stream": true`, answered as server-sent
+//! llama.cpp's HTTP API (`POST /completion` with `"stream": true`, which returns server-sent
 //! events of JSON objects).
 
 use std::{
@@ -241,7 +241,7 @@ pub async fn complete(
     let mut buffer = Vec::new();
     loop {
         // Also woken when the caller goes away, so a worker busy with a long prompt does not
-        // keep generating for nobody.
+        // keep generating text no one reads.
         let next = tokio::select! {
             next = stream.next() => next,
             () = events.closed() => return Ok(()),

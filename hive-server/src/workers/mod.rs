@@ -3,7 +3,7 @@
 //!
 //! A worker is `starting` until it is ready, then `ready` while heartbeats arrive, `stale` when
 //! none arrived for three heartbeat intervals and `lost` after six, or as soon as its process
-//! exits. Workers that call `Heartbeat` report for themselves; for the others the hive runs
+//! exits. Workers that call `Heartbeat` report for themselves. For the others, the hive runs
 //! their readiness check once per interval and counts a success as a heartbeat.
 
 mod id;
@@ -174,7 +174,7 @@ impl WorkerState {
     }
 }
 
-/// How the hive learns that a worker is alive.
+/// Source of a worker's heartbeats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeartbeatSource {
     /// The worker calls `Heartbeat`.
@@ -210,7 +210,7 @@ pub struct ActiveWorker {
     pub argv: Vec<String>,
     /// Heartbeat source.
     pub heartbeat_source: HeartbeatSource,
-    /// Why the worker is lost.
+    /// Reason the worker is lost.
     pub lost_reason: Option<String>,
     /// API the worker serves for inference, such as `llama.cpp`.
     pub api: Option<String>,
@@ -539,7 +539,7 @@ impl Workers {
     }
 }
 
-/// Returns whether a lost reason says the process is gone, as opposed to only silent.
+/// Returns whether a lost reason means the process is gone, as opposed to only silent.
 fn is_exit_reason(reason: &str) -> bool {
     reason.starts_with("exited")
 }

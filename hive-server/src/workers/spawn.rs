@@ -27,10 +27,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Grace period for a worker that did not become ready in time.
 const FAILED_START_GRACE: Duration = Duration::from_secs(2);
 
-/// Longest readiness timeout a request may ask for.
+/// Maximum readiness timeout a request may set.
 pub const MAX_READY_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// What to spawn, as requested.
+/// Spawn request, as received.
 #[derive(Debug, Clone)]
 pub struct SpawnRequest {
     /// Catalog name of the binary.
@@ -105,7 +105,7 @@ impl Workers {
                 narrator.narrate(Level::Info, "worker.log", line);
             }
             if process::has_exited(pid) {
-                // Killed while the unreaped leader still holds its pid, so the group cannot be
+                // Killed while the unreaped leader still has its pid, so the group cannot be
                 // someone else's: children it left behind are not wanted either.
                 process::kill_group(pid);
                 let status = start.wait().await;
