@@ -217,8 +217,8 @@ fn import_server(rbee: &Rbee, address: &str, server: &Path) {
     assert_eq!(binary["name"], SERVER_NAME);
     assert_eq!(binary["executable"], true);
     assert_eq!(binary["sha256"], sha256_of(server).as_str());
-    // `problem` is left out of the JSON for a usable entry.
-    assert_eq!(binary.get("problem"), None, "{binary}");
+    // A usable entry has an empty `problem`.
+    assert_eq!(binary["problem"], "", "{binary}");
 }
 
 #[test]
