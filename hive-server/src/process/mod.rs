@@ -5,6 +5,7 @@
 //! only for the processes the hive started). Nothing else counts: not a process's name, not its
 //! command line.
 
+mod listeners;
 mod scan;
 mod stop;
 mod tree;

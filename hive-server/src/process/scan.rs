@@ -4,7 +4,7 @@
 //! command line, sockets) of the few processes that turn out to be workers.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashSet},
     io,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
@@ -12,7 +12,7 @@ use std::{
 
 use procfs::process::{FDTarget, Process};
 
-use super::{Identity, ProcessError, Spawned, WorkerProcess};
+use super::{Identity, ProcessError, Spawned, WorkerProcess, listeners::ListenTables};
 use crate::catalog::WorkerName;
 
 /// Lists the worker processes, optionally only those running `only`, sorted by pid.
@@ -243,30 +243,6 @@ fn read_worker(
     })
 }
 
-/// Listening TCP sockets by network namespace, read once per scan: every process of a
-/// namespace sees the same tables, and reading them is the costly part of a worker's details.
-#[derive(Default)]
-pub(super) struct ListenTables {
-    /// Socket inode to port, by the namespace's `net:[inode]` link text.
-    by_namespace: HashMap<PathBuf, HashMap<u64, u16>>,
-}
-
-impl ListenTables {
-    fn listeners(&mut self, process: &Process) -> &HashMap<u64, u16> {
-        let namespace =
-            std::fs::read_link(format!("/proc/{}/ns/net", process.pid)).unwrap_or_default();
-        self.by_namespace.entry(namespace).or_insert_with(|| {
-            [process.tcp(), process.tcp6()]
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|entry| entry.state == procfs::net::TcpState::Listen)
-                .map(|entry| (entry.inode, entry.local_address.port()))
-                .collect()
-        })
-    }
-}
-
 /// Returns the TCP ports `process` listens on, matching its socket inodes against the TCP
 /// tables of its own network namespace.
 fn listening_ports(process: &Process, tables: &mut ListenTables) -> Vec<u16> {
@@ -283,7 +259,7 @@ fn listening_ports(process: &Process, tables: &mut ListenTables) -> Vec<u16> {
     if sockets.is_empty() {
         return Vec::new();
     }
-    let listeners = tables.listeners(process);
+    let listeners = tables.listeners_of(process);
     let ports: BTreeSet<u16> = sockets
         .iter()
         .filter_map(|inode| listeners.get(inode).copied())
