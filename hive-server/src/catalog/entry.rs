@@ -1,6 +1,7 @@
 //! Reading one catalog entry: its layout, manifest and the metadata derived from its file.
 
 use std::{
+    cell::Cell,
     collections::HashMap,
     fs::{File, OpenOptions},
     io::{self, Read, Seek, SeekFrom},
@@ -132,7 +133,7 @@ pub(super) fn read_entry(
     name: &WorkerName,
     path: &Path,
     file_type: std::fs::FileType,
-    digests: &Mutex<DigestCache>,
+    digests: &DigestSource<'_>,
 ) -> Option<WorkerBinary> {
     let (layout, read) = if file_type.is_symlink() {
         (Layout::Symlink, read_symlink(name, path, digests))
@@ -180,7 +181,7 @@ fn read_file(
     path: &Path,
     layout: Layout,
     manifest: Option<Manifest>,
-    digests: &Mutex<DigestCache>,
+    digests: &DigestSource<'_>,
 ) -> Result<WorkerBinary, String> {
     let mut file = OpenOptions::new()
         .read(true)
@@ -195,7 +196,9 @@ fn read_file(
     }
     let read_error = |e: io::Error| format!("cannot read {}: {e}", path.display());
     let platform = platform_of(&read_header(&mut file).map_err(read_error)?).to_owned();
-    let sha256 = digest(path, &mut file, &metadata, digests).map_err(read_error)?;
+    let sha256 = digests
+        .digest(path, &mut file, &metadata)
+        .map_err(read_error)?;
 
     let manifest = manifest.unwrap_or_default();
     Ok(WorkerBinary {
@@ -218,7 +221,7 @@ fn read_file(
 fn read_symlink(
     name: &WorkerName,
     path: &Path,
-    digests: &Mutex<DigestCache>,
+    digests: &DigestSource<'_>,
 ) -> Result<WorkerBinary, String> {
     let target = std::fs::read_link(path)
         .map_err(|e| format!("cannot read link {}: {e}", path.display()))?;
@@ -242,7 +245,7 @@ fn read_symlink(
 fn read_folder(
     name: &WorkerName,
     folder: &Path,
-    digests: &Mutex<DigestCache>,
+    digests: &DigestSource<'_>,
 ) -> Result<WorkerBinary, String> {
     let manifest_path = folder.join(MANIFEST_FILE);
     let manifest = match std::fs::read(&manifest_path) {
@@ -332,13 +335,7 @@ pub(crate) fn digest(
     digests: &Mutex<DigestCache>,
 ) -> io::Result<String> {
     let identity = FileIdentity::of(metadata);
-    let cached = digests
-        .lock()
-        .expect("digest cache lock poisoned")
-        .get(path)
-        .filter(|(known, _)| *known == identity)
-        .map(|(_, hex)| hex.clone());
-    if let Some(hex) = cached {
+    if let Some(hex) = cached_digest(digests, path, identity) {
         return Ok(hex);
     }
 
@@ -350,6 +347,70 @@ pub(crate) fn digest(
         .expect("digest cache lock poisoned")
         .insert(path.to_owned(), (identity, hex.clone()));
     Ok(hex)
+}
+
+fn cached_digest(
+    digests: &Mutex<DigestCache>,
+    path: &Path,
+    identity: FileIdentity,
+) -> Option<String> {
+    digests
+        .lock()
+        .expect("digest cache lock poisoned")
+        .get(path)
+        .filter(|(known, _)| *known == identity)
+        .map(|(_, hex)| hex.clone())
+}
+
+/// Source of the digests of the files a catalog read finds: the cache, and hashing the file
+/// when its digest is not cached, unless the read may only use the cache.
+pub(super) struct DigestSource<'a> {
+    cache: &'a Mutex<DigestCache>,
+    may_hash: bool,
+    /// Set when a digest was needed that the cache did not have, in a read that may not hash.
+    missed: Cell<bool>,
+}
+
+impl<'a> DigestSource<'a> {
+    /// Returns a source that hashes files whose digest is not cached.
+    pub(super) fn hashing(cache: &'a Mutex<DigestCache>) -> Self {
+        Self {
+            cache,
+            may_hash: true,
+            missed: Cell::new(false),
+        }
+    }
+
+    /// Returns a source that only uses the cache, for reads on async threads, which must not
+    /// read whole binaries. A digest it does not have is left empty and marks the read missed.
+    pub(super) fn cached_only(cache: &'a Mutex<DigestCache>) -> Self {
+        Self {
+            cache,
+            may_hash: false,
+            missed: Cell::new(false),
+        }
+    }
+
+    /// Returns whether a digest was missing from the cache in a read that may not hash.
+    pub(super) fn missed(&self) -> bool {
+        self.missed.get()
+    }
+
+    fn digest(
+        &self,
+        path: &Path,
+        file: &mut File,
+        metadata: &std::fs::Metadata,
+    ) -> io::Result<String> {
+        if self.may_hash {
+            return digest(path, file, metadata, self.cache);
+        }
+        let cached = cached_digest(self.cache, path, FileIdentity::of(metadata));
+        if cached.is_none() {
+            self.missed.set(true);
+        }
+        Ok(cached.unwrap_or_default())
+    }
 }
 
 /// Returns the lowercase hex SHA-256 of everything `reader` yields.

@@ -18,6 +18,7 @@ use std::{
 pub use entry::{Layout, Manifest, Readiness, WorkerBinary};
 pub use name::{InvalidName, MAX_NAME_BYTES, WorkerName, check_entry_name};
 
+use entry::DigestSource;
 pub(crate) use entry::{DigestCache, digest, sha256_hex};
 
 /// File name of the manifest inside a folder entry.
@@ -109,6 +110,18 @@ impl Catalog {
 
     /// Lists every entry, sorted by name. Entries that cannot be read are skipped and logged.
     pub fn list(&self) -> Result<Vec<WorkerBinary>, CatalogError> {
+        self.list_with(&DigestSource::hashing(&self.digests))
+    }
+
+    /// Lists every entry like [`Catalog::list`] but hashes no file: returns `None` when the
+    /// digest of an entry is not cached yet, and [`Catalog::list`] must run off the async threads.
+    pub fn list_cached(&self) -> Result<Option<Vec<WorkerBinary>>, CatalogError> {
+        let digests = DigestSource::cached_only(&self.digests);
+        let binaries = self.list_with(&digests)?;
+        Ok((!digests.missed()).then_some(binaries))
+    }
+
+    fn list_with(&self, digests: &DigestSource<'_>) -> Result<Vec<WorkerBinary>, CatalogError> {
         let read_dir =
             std::fs::read_dir(&self.dir).map_err(|e| CatalogError::io("read", &self.dir, e))?;
 
@@ -118,7 +131,7 @@ impl Catalog {
             let Some(name) = dir_entry.file_name().to_str().and_then(valid_name) else {
                 continue;
             };
-            match self.read_entry(&name) {
+            match self.read_entry(&name, digests) {
                 Ok(Some(binary)) => binaries.push(binary),
                 // Removed between readdir and reading it, or never an entry.
                 Ok(None) | Err(CatalogError::NotFound { .. }) => {}
@@ -139,7 +152,18 @@ impl Catalog {
 
     /// Returns the entry called `name`.
     pub fn get(&self, name: &WorkerName) -> Result<WorkerBinary, CatalogError> {
-        self.read_entry(name)?.ok_or_else(|| self.not_found(name))
+        self.read_entry(name, &DigestSource::hashing(&self.digests))?
+            .ok_or_else(|| self.not_found(name))
+    }
+
+    /// Returns the entry called `name` like [`Catalog::get`] but hashes no file: returns `None`
+    /// when its digest is not cached yet, and [`Catalog::get`] must run off the async threads.
+    pub fn get_cached(&self, name: &WorkerName) -> Result<Option<WorkerBinary>, CatalogError> {
+        let digests = DigestSource::cached_only(&self.digests);
+        let binary = self
+            .read_entry(name, &digests)?
+            .ok_or_else(|| self.not_found(name))?;
+        Ok((!digests.missed()).then_some(binary))
     }
 
     /// Returns the entry called `name` if it can be used, else why not.
@@ -228,13 +252,17 @@ impl Catalog {
         }
     }
 
-    fn read_entry(&self, name: &WorkerName) -> Result<Option<WorkerBinary>, CatalogError> {
+    fn read_entry(
+        &self,
+        name: &WorkerName,
+        digests: &DigestSource<'_>,
+    ) -> Result<Option<WorkerBinary>, CatalogError> {
         let path = self.dir.join(name.as_str());
         let metadata =
             std::fs::symlink_metadata(&path).map_err(|e| self.map_missing(name, "read", e))?;
         let file_type = metadata.file_type();
 
-        Ok(entry::read_entry(name, &path, file_type, &self.digests))
+        Ok(entry::read_entry(name, &path, file_type, digests))
     }
 
     /// Fails with [`CatalogError::AlreadyExists`] when an entry called `name` exists.

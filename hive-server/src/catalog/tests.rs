@@ -216,3 +216,30 @@ fn worker_name_of_executable_paths() {
     assert_eq!(catalog.worker_name_of(Path::new("/usr/bin/sleep")), None);
     assert_eq!(catalog.worker_name_of(root), None);
 }
+
+#[test]
+fn cached_reads_never_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    assert_eq!(catalog.list_cached().unwrap().map(|b| b.len()), Some(0));
+    assert!(matches!(
+        catalog.get_cached(&name("absent")),
+        Err(CatalogError::NotFound { .. })
+    ));
+
+    write_executable(&dir.path().join("fresh"), b"#!/bin/sh\nexit 0\n");
+    assert!(catalog.get_cached(&name("fresh")).unwrap().is_none());
+    assert!(catalog.list_cached().unwrap().is_none());
+
+    let hashed = catalog.get(&name("fresh")).unwrap();
+    let cached = catalog.get_cached(&name("fresh")).unwrap().unwrap();
+    assert_eq!(cached.sha256, hashed.sha256);
+    assert_eq!(cached.size_bytes, hashed.size_bytes);
+    let listed = catalog.list_cached().unwrap().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].sha256, hashed.sha256);
+
+    // A changed file is not served from the cache.
+    write_executable(&dir.path().join("fresh"), b"#!/bin/sh\nexit 1\n");
+    assert!(catalog.get_cached(&name("fresh")).unwrap().is_none());
+}

@@ -1,6 +1,6 @@
 //! Job ids.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 /// Longest job id accepted, in bytes.
 const MAX_JOB_ID_BYTES: usize = 128;
@@ -10,7 +10,7 @@ const MAX_JOB_ID_BYTES: usize = 128;
 /// Client ids are 1 to 128 ASCII letters, digits, `-`, `_`, `.` and `:`, so they are safe to
 /// log and to use in metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct JobId(String);
+pub struct JobId(Arc<str>);
 
 /// A job id that [`JobId::parse`] rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,7 +25,7 @@ pub struct InvalidJobId {
 impl JobId {
     /// Generates a new, unique id.
     pub fn generate() -> Self {
-        Self(format!("job-{}", uuid::Uuid::new_v4()))
+        Self(format!("job-{}", uuid::Uuid::new_v4()).into())
     }
 
     /// Parses a client-supplied id.
@@ -36,7 +36,7 @@ impl JobId {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
         if valid {
-            Ok(Self(id.to_owned()))
+            Ok(Self(id.into()))
         } else {
             let shown: String = id.chars().take(64).collect();
             Err(InvalidJobId {

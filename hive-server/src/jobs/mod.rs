@@ -7,6 +7,7 @@
 
 mod event;
 mod id;
+mod signal;
 mod subscribe;
 
 use std::{
@@ -15,7 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::{Notify, watch};
+use signal::Signal;
 use tokio_util::sync::CancellationToken;
 
 pub use event::{Event, Level, Outcome, Progress};
@@ -45,9 +46,6 @@ pub enum JobError {
     NotFound(JobId),
 }
 
-/// Shortest time between two walks over the registry to forget finished jobs.
-const PRUNE_EVERY: Duration = Duration::from_secs(1);
-
 /// Bounds on what the registry keeps.
 #[derive(Debug, Clone, Copy)]
 pub struct JobLimits {
@@ -72,11 +70,9 @@ impl Default for JobLimits {
 /// All jobs of a hive.
 #[derive(Debug)]
 pub struct Jobs {
-    jobs: Mutex<HashMap<JobId, Arc<Job>>>,
-    /// When finished jobs were last forgotten; pruning walks every job, so it runs at most
-    /// once per [`PRUNE_EVERY`] unless the registry grows past twice its limit.
-    last_prune: Mutex<Instant>,
-    started: Notify,
+    registry: Arc<Mutex<Registry>>,
+    /// Fired when a job starts.
+    started: Signal,
     limits: JobLimits,
     shutdown: CancellationToken,
 }
@@ -86,9 +82,12 @@ impl Jobs {
     /// event that reports the hive shutting down.
     pub fn new(limits: JobLimits, shutdown: CancellationToken) -> Self {
         Self {
-            jobs: Mutex::new(HashMap::new()),
-            last_prune: Mutex::new(Instant::now()),
-            started: Notify::new(),
+            registry: Arc::new(Mutex::new(Registry {
+                jobs: HashMap::new(),
+                finished: VecDeque::new(),
+                limits,
+            })),
+            started: Signal::default(),
             limits,
             shutdown,
         }
@@ -104,26 +103,20 @@ impl Jobs {
         let id = id.unwrap_or_else(JobId::generate);
         let job = Arc::new(Job::new(id.clone(), self.limits.max_events_per_job));
         {
-            let mut jobs = self.jobs.lock().expect("job registry lock poisoned");
-            let mut last_prune = self.last_prune.lock().expect("prune lock poisoned");
-            if last_prune.elapsed() >= PRUNE_EVERY
-                || jobs.len() >= 2 * self.limits.max_finished_jobs
-            {
-                self.forget_expired(&mut jobs);
-                *last_prune = Instant::now();
-            }
-            drop(last_prune);
-            if jobs.contains_key(&id) {
+            let mut registry = self.lock();
+            registry.forget_expired(Instant::now());
+            if registry.jobs.contains_key(&id) {
                 return Err(JobError::AlreadyExists(id));
             }
-            jobs.insert(id, Arc::clone(&job));
+            registry.jobs.insert(id, Arc::clone(&job));
         }
-        self.started.notify_waiters();
+        self.started.fire();
 
         let narrator = Narrator { job };
         narrator.record(Level::Info, action, message, None, None);
         Ok(StartedJob {
             narrator,
+            registry: Arc::clone(&self.registry),
             finished: false,
         })
     }
@@ -137,9 +130,10 @@ impl Jobs {
         wait_for_start: Duration,
     ) -> Result<EventStream, JobError> {
         let deadline = tokio::time::Instant::now() + wait_for_start;
+        let watch = self.started.watch();
         loop {
-            // Registered before the lookup, so a job started in between still wakes us.
-            let started = self.started.notified();
+            // Created before the lookup, so a job started in between still wakes us.
+            let started = watch.changed();
             if let Some(job) = self.get(id) {
                 return Ok(EventStream::new(job, self.shutdown.clone()));
             }
@@ -171,26 +165,40 @@ impl Jobs {
     }
 
     fn get(&self, id: &JobId) -> Option<Arc<Job>> {
-        let jobs = self.jobs.lock().expect("job registry lock poisoned");
-        jobs.get(id).cloned()
+        self.lock().jobs.get(id).cloned()
     }
 
-    fn forget_expired(&self, jobs: &mut HashMap<JobId, Arc<Job>>) {
-        let now = Instant::now();
-        jobs.retain(|_, job| {
-            job.finished_at()
-                .is_none_or(|at| now.duration_since(at) < self.limits.retention)
-        });
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().expect("job registry lock poisoned")
+    }
+}
 
-        let mut finished: Vec<(Instant, JobId)> = jobs
-            .iter()
-            .filter_map(|(id, job)| job.finished_at().map(|at| (at, id.clone())))
-            .collect();
-        if finished.len() > self.limits.max_finished_jobs {
-            finished.sort_unstable();
-            let excess = finished.len() - self.limits.max_finished_jobs;
-            for (_, id) in finished.into_iter().take(excess) {
-                jobs.remove(&id);
+/// The jobs, by id.
+#[derive(Debug)]
+struct Registry {
+    jobs: HashMap<JobId, Arc<Job>>,
+    /// Finished jobs in the order they finished, so the oldest are forgotten first without
+    /// walking the whole registry.
+    finished: VecDeque<(Instant, JobId)>,
+    limits: JobLimits,
+}
+
+impl Registry {
+    /// Records that the job `id` finished at `now`, and removes the jobs that finished too long
+    /// ago or exceed the limit.
+    fn record_finished(&mut self, id: JobId, now: Instant) {
+        self.finished.push_back((now, id));
+        self.forget_expired(now);
+    }
+
+    fn forget_expired(&mut self, now: Instant) {
+        while let Some((finished_at, _)) = self.finished.front() {
+            let expired = now.saturating_duration_since(*finished_at) >= self.limits.retention;
+            if !expired && self.finished.len() <= self.limits.max_finished_jobs {
+                break;
+            }
+            if let Some((_, id)) = self.finished.pop_front() {
+                self.jobs.remove(&id);
             }
         }
     }
@@ -201,8 +209,8 @@ impl Jobs {
 struct Job {
     id: JobId,
     state: Mutex<JobState>,
-    /// Sequence number of the newest event, for waking subscribers.
-    latest: watch::Sender<u64>,
+    /// Fired when an event is recorded.
+    recorded: Signal,
     max_events: usize,
 }
 
@@ -225,13 +233,9 @@ impl Job {
                 finished_at: None,
                 cancel: None,
             }),
-            latest: watch::Sender::new(0),
+            recorded: Signal::default(),
             max_events: max_events.max(2),
         }
-    }
-
-    fn finished_at(&self) -> Option<Instant> {
-        self.lock().finished_at
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, JobState> {
@@ -246,6 +250,7 @@ impl Job {
 #[derive(Debug)]
 pub struct StartedJob {
     narrator: Narrator,
+    registry: Arc<Mutex<Registry>>,
     finished: bool,
 }
 
@@ -257,8 +262,16 @@ impl StartedJob {
 
     /// Records the final event with the job's outcome.
     pub fn finish(mut self, outcome: Outcome) {
+        self.record_outcome(outcome);
+    }
+
+    fn record_outcome(&mut self, outcome: Outcome) {
         self.finished = true;
-        self.narrator.finish(outcome);
+        let finished_at = self.narrator.finish(outcome);
+        self.registry
+            .lock()
+            .expect("job registry lock poisoned")
+            .record_finished(self.narrator.job.id.clone(), finished_at);
     }
 }
 
@@ -273,7 +286,7 @@ impl std::ops::Deref for StartedJob {
 impl Drop for StartedJob {
     fn drop(&mut self) {
         if !self.finished {
-            self.narrator.finish(Outcome::cancelled(
+            self.record_outcome(Outcome::cancelled(
                 "the request was cancelled before the job finished",
             ));
         }
@@ -322,14 +335,16 @@ impl Narrator {
         self.record(Level::Info, action, message.into(), Some(progress), None);
     }
 
-    /// Records the final event with the job's outcome; events recorded after it are ignored.
-    fn finish(&self, outcome: Outcome) {
+    /// Records the final event with the job's outcome, and returns when the job finished.
+    /// Events recorded after it are ignored.
+    fn finish(&self, outcome: Outcome) -> Instant {
         let (level, message) = if outcome.is_ok() {
             (Level::Info, "job finished".to_owned())
         } else {
             (Level::Error, format!("job failed: {}", outcome.message))
         };
         self.record(level, "job.finish", message, None, Some(outcome));
+        self.job.lock().finished_at.unwrap_or_else(Instant::now)
     }
 
     fn record(
@@ -340,7 +355,7 @@ impl Narrator {
         progress: Option<Progress>,
         outcome: Option<Outcome>,
     ) {
-        let seq = {
+        {
             let mut state = self.job.lock();
             if state.finished_at.is_some() {
                 return;
@@ -363,9 +378,8 @@ impl Narrator {
                 progress,
                 outcome,
             });
-            seq
-        };
-        self.job.latest.send_replace(seq);
+        }
+        self.job.recorded.fire();
     }
 }
 

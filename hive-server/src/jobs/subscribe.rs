@@ -58,17 +58,18 @@ impl Cursor {
         if self.done {
             return None;
         }
-        let mut latest = self.job.latest.subscribe();
+        let job = Arc::clone(&self.job);
+        let watch = job.recorded.watch();
         loop {
+            // Created before the history is read, so an event recorded in between still
+            // wakes this cursor.
+            let recorded = watch.changed();
             if let Some(event) = self.take_next() {
                 self.done = event.outcome.is_some();
                 return Some(event);
             }
             tokio::select! {
-                changed = latest.changed() => {
-                    // The sender lives as long as the job, which this cursor keeps alive.
-                    changed.ok()?;
-                }
+                () = recorded => {}
                 () = self.shutdown.cancelled() => {
                     self.done = true;
                     return Some(self.shutdown_event());

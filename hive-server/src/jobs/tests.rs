@@ -153,14 +153,32 @@ async fn finished_jobs_are_forgotten_beyond_the_limit() {
         ids.push(narrator.job_id().clone());
         narrator.finish(Outcome::ok());
     }
-    // Pruning runs when a job starts, at most once a second; this one is still running.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let _running = jobs.start(None, "a", String::new()).unwrap();
+    let running = jobs.start(None, "a", String::new()).unwrap();
 
     assert!(jobs.get(&ids[0]).is_none());
     assert!(jobs.get(&ids[1]).is_none());
     assert!(jobs.get(&ids[2]).is_some());
     assert!(jobs.get(&ids[3]).is_some());
+    // A running job counts against no limit.
+    assert!(jobs.get(running.job_id()).is_some());
+}
+
+#[tokio::test]
+async fn finished_jobs_expire_after_retention() {
+    let jobs = jobs_with(JobLimits {
+        retention: Duration::from_millis(50),
+        ..JobLimits::default()
+    });
+    let finished = jobs.start(None, "a", String::new()).unwrap();
+    let finished_id = finished.job_id().clone();
+    finished.finish(Outcome::ok());
+    let running = jobs.start(None, "a", String::new()).unwrap();
+    assert!(jobs.get(&finished_id).is_some());
+
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let _next = jobs.start(None, "a", String::new()).unwrap();
+    assert!(jobs.get(&finished_id).is_none());
+    assert!(jobs.get(running.job_id()).is_some());
 }
 
 #[test]

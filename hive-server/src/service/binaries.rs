@@ -18,8 +18,15 @@ impl HiveApi {
         &self,
         narrator: &Narrator,
     ) -> Result<proto::ListWorkerBinariesResponse, Error> {
-        let catalog = self.catalog();
-        let binaries = blocking(move || Ok(catalog.list()?)).await?;
+        // NOTE: the cached read runs on the async thread: a directory read and a few `stat`
+        // calls, fast on a local disk but able to stall other requests on a slow network mount.
+        let binaries = match self.shared.catalog.list_cached()? {
+            Some(binaries) => binaries,
+            None => {
+                let catalog = self.catalog();
+                blocking(move || Ok(catalog.list()?)).await?
+            }
+        };
         narrator.info(
             "binary.list",
             counted(binaries.len(), "worker binary", "worker binaries"),
@@ -36,8 +43,13 @@ impl HiveApi {
         request: proto::GetWorkerBinaryRequest,
     ) -> Result<proto::GetWorkerBinaryResponse, Error> {
         let name = WorkerName::parse(&request.name).map_err(crate::catalog::CatalogError::from)?;
-        let catalog = self.catalog();
-        let binary = blocking(move || Ok(catalog.get(&name)?)).await?;
+        let binary = match self.shared.catalog.get_cached(&name)? {
+            Some(binary) => binary,
+            None => {
+                let catalog = self.catalog();
+                blocking(move || Ok(catalog.get(&name)?)).await?
+            }
+        };
         Ok(proto::GetWorkerBinaryResponse {
             job_id: narrator.job_id().to_string(),
             binary: Some(binary_to_proto(binary)),

@@ -81,7 +81,7 @@ impl HiveApi {
                     outcome
                 }
             };
-            let RunningJob { job, _permit } = job;
+            let RunningJob { job, _slot } = job;
             job.finish(outcome);
         });
 

@@ -1,6 +1,6 @@
 //! The `rbee.hive.v1.HiveService` implementation.
 //!
-//! Each RPC runs as a job. [`HiveApi::begin`] takes a concurrency permit and starts the job.
+//! Each RPC runs as a job. [`HiveApi::begin`] takes a concurrency slot and starts the job.
 //! The handler in the file of its noun does the work. [`HiveApi::finish`] records the outcome
 //! and turns it into the response or the error status.
 
@@ -12,6 +12,7 @@ mod models;
 mod narration;
 mod processes;
 mod provision;
+mod slots;
 
 use std::{
     future::Future,
@@ -22,9 +23,9 @@ use std::{
 
 use futures::Stream;
 use rbee_proto::v1::{self as proto, hive_service_server::HiveService};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
+use self::slots::{Slot, Slots};
 use crate::{
     catalog::Catalog,
     error::Error,
@@ -96,9 +97,8 @@ struct Shared {
     worker_client: reqwest::Client,
     started: Instant,
     started_at: SystemTime,
-    limits: ServiceLimits,
-    requests: Arc<Semaphore>,
-    narration_streams: Arc<Semaphore>,
+    requests: Arc<Slots>,
+    narration_streams: Arc<Slots>,
 }
 
 /// The hive's gRPC service.
@@ -107,10 +107,10 @@ pub struct HiveApi {
     shared: Arc<Shared>,
 }
 
-/// A job in progress, holding its concurrency permit until it finishes.
+/// A job in progress, holding its concurrency slot until it finishes.
 struct RunningJob {
     job: StartedJob,
-    _permit: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 impl RunningJob {
@@ -149,9 +149,8 @@ impl HiveApi {
                     .unwrap_or_default(),
                 started: Instant::now(),
                 started_at: SystemTime::now(),
-                limits,
-                requests: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
-                narration_streams: Arc::new(Semaphore::new(limits.max_narration_streams)),
+                requests: Slots::new(limits.max_concurrent_requests),
+                narration_streams: Slots::new(limits.max_narration_streams),
             }),
         }
     }
@@ -163,11 +162,9 @@ impl HiveApi {
         action: &'static str,
         message: String,
     ) -> Result<RunningJob, Status> {
-        let permit = Arc::clone(&self.shared.requests)
-            .try_acquire_owned()
-            .map_err(|_| Error::Overloaded {
-                limit: self.shared.limits.max_concurrent_requests,
-            })?;
+        let slot = self.shared.requests.try_take().ok_or(Error::Overloaded {
+            limit: self.shared.requests.limit(),
+        })?;
         let job_id = JobId::parse_optional(job_id)
             .map_err(crate::jobs::JobError::from)
             .map_err(Error::from)?;
@@ -177,16 +174,13 @@ impl HiveApi {
             .start(job_id, action, message)
             .map_err(Error::from)?;
         tracing::debug!(job_id = %job.job_id(), action, "job started");
-        Ok(RunningJob {
-            job,
-            _permit: permit,
-        })
+        Ok(RunningJob { job, _slot: slot })
     }
 
     /// Records the outcome of a job and turns it into the RPC result. A failure carries the job
     /// id in the `rbee-job-id` metadata.
     fn finish<T>(&self, job: RunningJob, result: Result<T, Error>) -> Result<Response<T>, Status> {
-        let RunningJob { job, _permit } = job;
+        let RunningJob { job, _slot } = job;
         let job_id = job.job_id().clone();
         match result {
             Ok(response) => {

@@ -1,6 +1,6 @@
 //! `Narrate`: streaming a job's narration.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use futures::StreamExt;
 use rbee_proto::v1 as proto;
@@ -26,16 +26,18 @@ impl HiveApi {
             Duration::ZERO,
             MAX_WAIT_FOR_START,
         )?;
-        let permit = Arc::clone(&self.shared.narration_streams)
-            .try_acquire_owned()
-            .map_err(|_| Error::TooManyStreams {
-                limit: self.shared.limits.max_narration_streams,
+        let slot = self
+            .shared
+            .narration_streams
+            .try_take()
+            .ok_or(Error::TooManyStreams {
+                limit: self.shared.narration_streams.limit(),
             })?;
 
         let events = self.shared.jobs.subscribe(&job_id, wait).await?;
         let stream = events.map(move |event| {
-            // The permit lives as long as the stream.
-            let _open_stream = &permit;
+            // The slot is taken as long as the stream lives.
+            let _open_stream = &slot;
             Ok(event_to_proto(event))
         });
         Ok(Box::pin(stream))
