@@ -309,11 +309,12 @@ fn quiet_hides_narration() {
 fn narration_lines_name_the_hive_when_several() {
     let fleet = Fleet::new();
 
+    // Hive a has the binary and deletes it; hive b has none and fails.
     let run = fleet
         .rbee
-        .run(&["worker", "binary", "list", "--hive", "a,b"]);
+        .run(&["worker", "binary", "delete", "llm-cpu", "--hive", "a,b"]);
 
-    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    assert_eq!(run.code, Some(3), "stderr:\n{}", run.stderr);
     assert!(
         run.stderr.lines().any(|l| l.starts_with("[a] ")),
         "{}",
@@ -324,6 +325,19 @@ fn narration_lines_name_the_hive_when_several() {
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn reads_show_no_narration() {
+    let fleet = Fleet::new();
+
+    let run = fleet
+        .rbee
+        .run(&["worker", "binary", "list", "--hive", "a,b"]);
+
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    assert_eq!(run.stderr, "");
+    assert!(run.stdout.contains("llm-cpu"), "{}", run.stdout);
 }
 
 #[test]

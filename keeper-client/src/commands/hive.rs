@@ -97,7 +97,7 @@ impl HiveData for HiveInfoView {
 /// `rbee hive info`.
 pub async fn info(context: &Context) -> Exit {
     let results = context
-        .run_jobs(|call| async move {
+        .run_reads(|call| async move {
             let request = call.request(GetHiveInfoRequest {
                 job_id: call.job_id(),
             });

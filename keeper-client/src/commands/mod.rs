@@ -91,6 +91,17 @@ impl Context {
         results
     }
 
+    /// Runs a read-only hive operation on every target as a job, without streaming its
+    /// narration: the hive answers at once, and its narration only restates the answer.
+    /// `rbee job follow` still shows it.
+    pub async fn run_reads<T, F, Fut>(&self, call: F) -> Vec<HiveResult<T>>
+    where
+        F: Fn(Call) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        fanout::fan_out(&self.targets, &self.fanout, CallMode::Job(None), call).await
+    }
+
     /// Runs a call that is not a job, such as a health check, on every target.
     pub async fn run_plain<T, F, Fut>(&self, call: F) -> Vec<HiveResult<T>>
     where

@@ -138,7 +138,7 @@ async fn download(context: &Context, args: ModelDownloadArgs) -> Exit {
 
 async fn list(context: &Context) -> Exit {
     let results = context
-        .run_jobs(|call| async move {
+        .run_reads(|call| async move {
             let request = call.request(ListModelsRequest {
                 job_id: call.job_id(),
             });
@@ -160,7 +160,7 @@ async fn list(context: &Context) -> Exit {
 
 async fn get(context: &Context, name: String) -> Exit {
     let results = context
-        .run_jobs(|call| {
+        .run_reads(|call| {
             let name = name.clone();
             async move {
                 let request = call.request(GetModelRequest {

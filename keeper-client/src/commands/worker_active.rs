@@ -134,7 +134,7 @@ impl HiveData for ActiveRetired {
 
 async fn list(context: &Context) -> Exit {
     let results = context
-        .run_jobs(|call| async move {
+        .run_reads(|call| async move {
             let request = call.request(ListActiveWorkersRequest {
                 job_id: call.job_id(),
             });
@@ -156,7 +156,7 @@ async fn list(context: &Context) -> Exit {
 
 async fn get(context: &Context, worker_id: String) -> Exit {
     let results = context
-        .run_jobs(|call| {
+        .run_reads(|call| {
             let worker_id = worker_id.clone();
             async move {
                 let request = call.request(GetActiveWorkerRequest {

@@ -119,7 +119,7 @@ impl HiveData for BinaryDeleted {
 
 async fn list(context: &Context) -> Exit {
     let results = context
-        .run_jobs(|call| async move {
+        .run_reads(|call| async move {
             let request = call.request(ListWorkerBinariesRequest {
                 job_id: call.job_id(),
             });
@@ -141,7 +141,7 @@ async fn list(context: &Context) -> Exit {
 
 async fn get(context: &Context, name: String) -> Exit {
     let results = context
-        .run_jobs(|call| {
+        .run_reads(|call| {
             let name = name.clone();
             async move {
                 let request = call.request(GetWorkerBinaryRequest {

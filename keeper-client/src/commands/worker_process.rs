@@ -179,7 +179,7 @@ impl HiveData for ProcessDeleted {
 
 async fn list(context: &Context, worker_name: String) -> Exit {
     let results = context
-        .run_jobs(|call| {
+        .run_reads(|call| {
             let worker_name = worker_name.clone();
             async move {
                 let request = call.request(ListWorkerProcessesRequest {
@@ -205,7 +205,7 @@ async fn list(context: &Context, worker_name: String) -> Exit {
 
 async fn get(context: &Context, pid: i32) -> Exit {
     let results = context
-        .run_jobs(|call| async move {
+        .run_reads(|call| async move {
             let request = call.request(GetWorkerProcessRequest {
                 job_id: call.job_id(),
                 pid,
