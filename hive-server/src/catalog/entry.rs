@@ -110,6 +110,9 @@ pub(crate) struct FileIdentity {
     ino: u64,
     len: u64,
     mtime_ns: i128,
+    /// Change time. `cp -p` or `touch -r` can give new content the size and modification time
+    /// of the old, but cannot set the change time.
+    ctime_ns: i128,
 }
 
 impl FileIdentity {
@@ -120,6 +123,8 @@ impl FileIdentity {
             len: metadata.len(),
             mtime_ns: i128::from(metadata.mtime()) * 1_000_000_000
                 + i128::from(metadata.mtime_nsec()),
+            ctime_ns: i128::from(metadata.ctime()) * 1_000_000_000
+                + i128::from(metadata.ctime_nsec()),
         }
     }
 }

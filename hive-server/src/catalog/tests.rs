@@ -243,3 +243,27 @@ fn cached_reads_never_hash() {
     write_executable(&dir.path().join("fresh"), b"#!/bin/sh\nexit 1\n");
     assert!(catalog.get_cached(&name("fresh")).unwrap().is_none());
 }
+
+#[test]
+fn rewrite_keeping_size_and_mtime_is_hashed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry = dir.path().join("same");
+    write_executable(&entry, b"#!/bin/sh\n#A\n");
+    let catalog = Catalog::open(dir.path()).unwrap();
+    let first = catalog.get(&name("same")).unwrap().sha256;
+
+    // What `cp -p` or `touch -r` leave: new content with the old size and modification time.
+    let mtime = fs::metadata(&entry).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(&entry, b"#!/bin/sh\n#B\n").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&entry)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+
+    let second = catalog.get(&name("same")).unwrap().sha256;
+    assert_ne!(first, second);
+    assert_eq!(second, sha256_hex(&mut &b"#!/bin/sh\n#B\n"[..]).unwrap());
+}
