@@ -267,11 +267,11 @@ impl StartedJob {
 
     fn record_outcome(&mut self, outcome: Outcome) {
         self.finished = true;
-        let finished_at = self.narrator.finish(outcome);
+        self.narrator.finish(outcome);
         self.registry
             .lock()
             .expect("job registry lock poisoned")
-            .record_finished(self.narrator.job.id.clone(), finished_at);
+            .record_finished(self.narrator.job_id().clone(), Instant::now());
     }
 }
 
@@ -335,16 +335,14 @@ impl Narrator {
         self.record(Level::Info, action, message.into(), Some(progress), None);
     }
 
-    /// Records the final event with the job's outcome, and returns when the job finished.
-    /// Events recorded after it are ignored.
-    fn finish(&self, outcome: Outcome) -> Instant {
+    /// Records the final event with the job's outcome; events recorded after it are ignored.
+    fn finish(&self, outcome: Outcome) {
         let (level, message) = if outcome.is_ok() {
             (Level::Info, "job finished".to_owned())
         } else {
             (Level::Error, format!("job failed: {}", outcome.message))
         };
         self.record(level, "job.finish", message, None, Some(outcome));
-        self.job.lock().finished_at.unwrap_or_else(Instant::now)
     }
 
     fn record(

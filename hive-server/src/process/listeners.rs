@@ -21,8 +21,8 @@ use rustix::{
 /// Socket inode to the port the socket listens on.
 pub(super) type Listeners = HashMap<u64, u16>;
 
-/// Listening sockets by network namespace, read at most once per namespace: every process of a
-/// namespace sees the same sockets.
+/// Listening sockets by network namespace, for one scan. Each namespace is read once, because
+/// every process in it sees the same sockets.
 #[derive(Default)]
 pub(super) struct ListenTables {
     /// Keyed by the namespace's `net:[inode]` link text.

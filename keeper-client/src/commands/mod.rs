@@ -92,7 +92,7 @@ impl Context {
     }
 
     /// Runs a read-only hive operation on every target as a job, without streaming its
-    /// narration: the hive answers at once, and its narration only restates the answer.
+    /// narration. The hive returns the result at once, and the narration only repeats it.
     /// `rbee job follow` still shows it.
     pub async fn run_reads<T, F, Fut>(&self, call: F) -> Vec<HiveResult<T>>
     where
