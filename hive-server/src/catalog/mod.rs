@@ -7,12 +7,13 @@
 
 mod entry;
 mod name;
+mod names;
 
 use std::{
     collections::HashMap,
     io,
     path::{Component, Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 pub use entry::{Layout, Manifest, Readiness, WorkerBinary};
@@ -20,6 +21,7 @@ pub use name::{InvalidName, MAX_NAME_BYTES, WorkerName, check_entry_name};
 
 use entry::DigestSource;
 pub(crate) use entry::{DigestCache, digest, sha256_hex};
+use names::EntryNames;
 
 /// File name of the manifest inside a folder entry.
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -83,6 +85,8 @@ impl CatalogError {
 pub struct Catalog {
     dir: PathBuf,
     digests: Mutex<DigestCache>,
+    /// Entry names kept between reads; `None` when the directory cannot be watched.
+    names: Option<EntryNames>,
 }
 
 impl Catalog {
@@ -95,9 +99,15 @@ impl Catalog {
         let dir = dir
             .canonicalize()
             .map_err(|e| CatalogError::io("resolve", dir, e))?;
+        let names = EntryNames::watch(&dir)
+            .inspect_err(|error| {
+                tracing::debug!(%error, "cannot watch the catalog directory; scanning it on every read");
+            })
+            .ok();
         let catalog = Self {
             dir,
             digests: Mutex::new(HashMap::new()),
+            names,
         };
         catalog.remove_leftover_trash();
         Ok(catalog)
@@ -122,23 +132,16 @@ impl Catalog {
     }
 
     fn list_with(&self, digests: &DigestSource<'_>) -> Result<Vec<WorkerBinary>, CatalogError> {
-        let read_dir =
-            std::fs::read_dir(&self.dir).map_err(|e| CatalogError::io("read", &self.dir, e))?;
-
-        let mut binaries = Vec::new();
-        for dir_entry in read_dir {
-            let dir_entry = dir_entry.map_err(|e| CatalogError::io("read", &self.dir, e))?;
-            let Some(name) = dir_entry.file_name().to_str().and_then(valid_name) else {
-                continue;
-            };
-            match self.read_entry(&name, digests) {
+        let names = self.entry_names()?;
+        let mut binaries = Vec::with_capacity(names.len());
+        for name in names.iter() {
+            match self.read_entry(name, digests) {
                 Ok(Some(binary)) => binaries.push(binary),
-                // Removed between readdir and reading it, or never an entry.
+                // Removed since the names were read, or never an entry.
                 Ok(None) | Err(CatalogError::NotFound { .. }) => {}
                 Err(error) => tracing::warn!(%name, %error, "skipping unreadable catalog entry"),
             }
         }
-        binaries.sort_by(|a, b| a.name.cmp(&b.name));
 
         // Forget digests of files that are gone, so renamed files do not pile up.
         let listed: std::collections::HashSet<&Path> =
@@ -152,17 +155,14 @@ impl Catalog {
 
     /// Returns the entry called `name`.
     pub fn get(&self, name: &WorkerName) -> Result<WorkerBinary, CatalogError> {
-        self.read_entry(name, &DigestSource::hashing(&self.digests))?
-            .ok_or_else(|| self.not_found(name))
+        self.look_up(name, &DigestSource::hashing(&self.digests))
     }
 
     /// Returns the entry called `name` like [`Catalog::get`] but hashes no file: returns `None`
     /// when its digest is not cached yet, and [`Catalog::get`] must run off the async threads.
     pub fn get_cached(&self, name: &WorkerName) -> Result<Option<WorkerBinary>, CatalogError> {
         let digests = DigestSource::cached_only(&self.digests);
-        let binary = self
-            .read_entry(name, &digests)?
-            .ok_or_else(|| self.not_found(name))?;
+        let binary = self.look_up(name, &digests)?;
         Ok((!digests.missed()).then_some(binary))
     }
 
@@ -250,6 +250,44 @@ impl Catalog {
             Component::Normal(first) => first.to_str().and_then(valid_name),
             _ => None,
         }
+    }
+
+    /// Reads the entry called `name`, answering NOT_FOUND without touching the disk when the
+    /// directory holds no such name.
+    fn look_up(
+        &self,
+        name: &WorkerName,
+        digests: &DigestSource<'_>,
+    ) -> Result<WorkerBinary, CatalogError> {
+        if self.entry_names()?.binary_search(name).is_err() {
+            return Err(self.not_found(name));
+        }
+        self.read_entry(name, digests)?
+            .ok_or_else(|| self.not_found(name))
+    }
+
+    /// Sorted names of the directory's entries: remembered while the directory is unchanged,
+    /// else read from it.
+    fn entry_names(&self) -> Result<Arc<[WorkerName]>, CatalogError> {
+        match &self.names {
+            Some(names) => names.get(|| self.scan_names()),
+            None => {
+                let mut names = self.scan_names()?;
+                names.sort();
+                Ok(names.into())
+            }
+        }
+    }
+
+    fn scan_names(&self) -> Result<Vec<WorkerName>, CatalogError> {
+        let read_dir =
+            std::fs::read_dir(&self.dir).map_err(|e| CatalogError::io("read", &self.dir, e))?;
+        let mut names = Vec::new();
+        for dir_entry in read_dir {
+            let dir_entry = dir_entry.map_err(|e| CatalogError::io("read", &self.dir, e))?;
+            names.extend(dir_entry.file_name().to_str().and_then(valid_name));
+        }
+        Ok(names)
     }
 
     fn read_entry(

@@ -267,3 +267,73 @@ fn rewrite_keeping_size_and_mtime_is_hashed_again() {
     assert_ne!(first, second);
     assert_eq!(second, sha256_hex(&mut &b"#!/bin/sh\n#B\n"[..]).unwrap());
 }
+
+#[test]
+fn reads_see_entries_added_and_removed_by_others_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    assert!(catalog.list().unwrap().is_empty());
+    assert!(matches!(
+        catalog.get_cached(&name("late")),
+        Err(CatalogError::NotFound { .. })
+    ));
+
+    for round in 0..50 {
+        write_executable(&dir.path().join("late"), b"#!/bin/sh\n");
+        let listed: Vec<_> = catalog
+            .list()
+            .unwrap()
+            .iter()
+            .map(|b| b.name.to_string())
+            .collect();
+        assert_eq!(listed, ["late"], "round {round}");
+        assert_eq!(catalog.get(&name("late")).unwrap().name.as_str(), "late");
+
+        fs::rename(dir.path().join("late"), dir.path().join("renamed")).unwrap();
+        assert!(
+            matches!(
+                catalog.get_cached(&name("late")),
+                Err(CatalogError::NotFound { .. })
+            ),
+            "round {round}"
+        );
+        assert_eq!(
+            catalog.get(&name("renamed")).unwrap().name.as_str(),
+            "renamed"
+        );
+
+        fs::remove_file(dir.path().join("renamed")).unwrap();
+        assert!(
+            catalog.list_cached().unwrap().unwrap().is_empty(),
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn reads_follow_a_catalog_directory_that_was_replaced() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("workers");
+    fs::create_dir(&dir).unwrap();
+    write_executable(&dir.join("old"), b"#!/bin/sh\n");
+    let catalog = Catalog::open(&dir).unwrap();
+    assert_eq!(catalog.list().unwrap().len(), 1);
+
+    fs::rename(&dir, root.path().join("moved-away")).unwrap();
+    fs::create_dir(&dir).unwrap();
+    write_executable(&dir.join("new"), b"#!/bin/sh\n");
+
+    let listed: Vec<_> = catalog
+        .list()
+        .unwrap()
+        .iter()
+        .map(|b| b.name.to_string())
+        .collect();
+    assert_eq!(listed, ["new"]);
+    assert!(matches!(
+        catalog.get(&name("old")),
+        Err(CatalogError::NotFound { .. })
+    ));
+    write_executable(&dir.join("newer"), b"#!/bin/sh\n");
+    assert_eq!(catalog.get(&name("newer")).unwrap().name.as_str(), "newer");
+}
