@@ -101,7 +101,7 @@ impl Catalog {
             .map_err(|e| CatalogError::io("resolve", dir, e))?;
         let names = EntryNames::watch(&dir)
             .inspect_err(|error| {
-                tracing::debug!(%error, "cannot watch the catalog directory; scanning it on every read");
+                tracing::debug!(%error, "failed to watch the catalog directory, scanning it on every read");
             })
             .ok();
         let catalog = Self {

@@ -2,9 +2,9 @@
 //!
 //! An inotify watch on the catalog directory records every entry created, removed or renamed
 //! there, by the hive or by anyone else. The kernel queues the event before the call that made
-//! the change returns, so a read that finds the queue empty knows the names it read last are
-//! still the names on disk. That check is one non-blocking `read`, where scanning the directory
-//! again takes four system calls and grows with the number of entries.
+//! the change returns. So when a read finds the queue empty, the names it read last are still
+//! the names on disk. That check is one non-blocking `read`, where scanning the directory again
+//! takes four system calls and grows with the number of entries.
 
 use std::{
     io,
@@ -46,15 +46,15 @@ pub(super) struct EntryNames {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Sorted names as last read; `None` until the first read and after a change.
+    /// Sorted names as last read, or `None` before the first read and after a change.
     names: Option<Arc<[WorkerName]>>,
-    /// Set when the watch stopped following the directory; every read then scans it.
+    /// Whether the watch stopped following the directory. Every read then scans it.
     ended: bool,
 }
 
 impl EntryNames {
     /// Starts watching `dir`. Fails when inotify is unavailable or its per-user limits are
-    /// reached; the catalog then scans the directory on every read.
+    /// reached, and the catalog then scans the directory on every read.
     pub(super) fn watch(dir: &Path) -> io::Result<Self> {
         let watch = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC)?;
         inotify::add_watch(&watch, dir, WATCHED)?;
@@ -79,7 +79,7 @@ impl EntryNames {
                 state.names = None;
             }
             if change == Change::WatchEnded {
-                tracing::debug!("catalog directory no longer watched; scanning it on every read");
+                tracing::debug!("catalog directory no longer watched, scanning it on every read");
                 state.ended = true;
             }
         }
@@ -96,7 +96,7 @@ impl EntryNames {
         Ok(names)
     }
 
-    /// Empties the event queue and tells what it held.
+    /// Reads every queued event and returns the largest change among them.
     fn take_changes(&self) -> Change {
         let mut buffer = [MaybeUninit::<u8>::uninit(); 4096];
         let mut events = inotify::Reader::new(&self.watch, &mut buffer);
