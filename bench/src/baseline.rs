@@ -1,6 +1,6 @@
 //! The baseline server: the three RPCs of the hive's interface that the benchmarks call
-//! (`proto/baseline.proto`), served without doing any work. `GetWorkerBinary` returns
-//! NOT_FOUND, `ListWorkerBinaries` an empty list, and `Narrate` for a job id `events-N` streams
+//! (`proto/baseline.proto`), served without doing any work. `GetWorkerBinary` returns a fixed
+//! entry for [`PRESENT_BINARY`] and NOT_FOUND for other names, `ListWorkerBinaries` an empty list, and `Narrate` for a job id `events-N` streams
 //! N events shaped like a worker's log lines and a final one. The hive's own client calls it, so
 //! the hive and the baseline differ only in what the hive does between request and response.
 
@@ -19,6 +19,12 @@ use proto::hive_service_server::{HiveService, HiveServiceServer};
 
 /// Job id prefix that requests a stream of that many events from the baseline.
 pub const EVENTS_JOB_PREFIX: &str = "events-";
+
+/// Name for which `GetWorkerBinary` returns an entry.
+pub const PRESENT_BINARY: &str = "present";
+
+/// `BINARY_LAYOUT_FILE` of `rbee.hive.v1.BinaryLayout`.
+const LAYOUT_FILE: i32 = 1;
 
 /// `NARRATION_LEVEL_INFO` of `rbee.hive.v1.NarrationLevel`.
 const LEVEL_INFO: i32 = 2;
@@ -71,6 +77,12 @@ impl HiveService for BareHive {
         request: Request<proto::GetWorkerBinaryRequest>,
     ) -> Result<Response<proto::GetWorkerBinaryResponse>, Status> {
         let name = request.into_inner().name;
+        if name == PRESENT_BINARY {
+            return Ok(Response::new(proto::GetWorkerBinaryResponse {
+                job_id: "job-00000000-0000-0000-0000-000000000000".to_owned(),
+                binary: Some(present_binary()),
+            }));
+        }
         Err(Status::not_found(format!(
             "worker binary {name:?} not found in the catalog at /tmp/.tmp000000/catalog"
         )))
@@ -104,5 +116,20 @@ impl HiveService for BareHive {
             Ok(event(&job_id, seq, outcome))
         });
         Ok(Response::new(Box::pin(tokio_stream::iter(events))))
+    }
+}
+
+/// The entry the hive returns for the script the benchmark installs, with fields of the same
+/// lengths: the hive's catalog sits in a temporary directory named like this one.
+fn present_binary() -> proto::WorkerBinary {
+    proto::WorkerBinary {
+        name: PRESENT_BINARY.to_owned(),
+        path: format!("/tmp/.tmp000000/catalog/{PRESENT_BINARY}"),
+        layout: LAYOUT_FILE,
+        size_bytes: 10,
+        sha256: "0".repeat(64),
+        modified_at: Some(SystemTime::now().into()),
+        executable: true,
+        platform: "script".to_owned(),
     }
 }

@@ -90,6 +90,7 @@ async fn run(args: &Args) -> anyhow::Result<Vec<report::Row>> {
     }
     if selected(Bench::Unary) {
         let round = Duration::from_secs_f64(args.round_secs);
+        rows.push(unary::run(unary::Call::GetInstalledBinary, round).await?);
         rows.push(unary::run(unary::Call::GetUnknownBinary, round).await?);
         rows.push(unary::run(unary::Call::ListEmptyCatalog, round).await?);
     }

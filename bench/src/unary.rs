@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tonic::Code;
 
 use crate::{
+    baseline::PRESENT_BINARY,
     fixture::{Baseline, Hive, connect},
     median,
     report::{Measure, Row, Target},
@@ -32,6 +33,8 @@ const ROUNDS: usize = 3;
 pub enum Call {
     /// `GetWorkerBinary` of a name the catalog does not have: NOT_FOUND.
     GetUnknownBinary,
+    /// `GetWorkerBinary` of a script installed in the catalog.
+    GetInstalledBinary,
     /// `ListWorkerBinaries` of an empty catalog.
     ListEmptyCatalog,
 }
@@ -40,6 +43,7 @@ impl Call {
     fn name(self) -> &'static str {
         match self {
             Self::GetUnknownBinary => "GetWorkerBinary (unknown name)",
+            Self::GetInstalledBinary => "GetWorkerBinary (installed script)",
             Self::ListEmptyCatalog => "ListWorkerBinaries (empty catalog)",
         }
     }
@@ -48,6 +52,11 @@ impl Call {
 pub async fn run(call: Call, round_time: Duration) -> anyhow::Result<Row> {
     let hive = Hive::start(&[])?;
     let baseline = Baseline::start()?;
+    if call == Call::GetInstalledBinary {
+        let script = tempfile::NamedTempFile::new()?;
+        std::fs::write(script.path(), "#!/bin/sh\n")?;
+        hive.install(script.path(), PRESENT_BINARY)?;
+    }
 
     let mut hive_rates = Vec::new();
     let mut baseline_rates = Vec::new();
@@ -93,6 +102,18 @@ async fn requests_per_second(url: &str, call: Call, round_time: Duration) -> any
                         .await
                         .map(drop)
                         .is_err_and(|status| status.code() == Code::NotFound),
+                    Call::GetInstalledBinary => client
+                        .get_worker_binary(GetWorkerBinaryRequest {
+                            name: PRESENT_BINARY.into(),
+                            ..Default::default()
+                        })
+                        .await
+                        .is_ok_and(|response| {
+                            response
+                                .into_inner()
+                                .binary
+                                .is_some_and(|binary| binary.name == PRESENT_BINARY)
+                        }),
                     Call::ListEmptyCatalog => client
                         .list_worker_binaries(ListWorkerBinariesRequest::default())
                         .await

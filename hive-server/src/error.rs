@@ -1,6 +1,6 @@
 //! Errors of hive operations, and the one place where they become gRPC status codes.
 
-use std::io;
+use std::{fmt::Write as _, io};
 
 use tonic::{Code, Status};
 
@@ -192,6 +192,9 @@ impl From<Error> for Status {
         } else {
             tracing::debug!(%error, ?code, "request rejected");
         }
-        Status::new(code, error.to_string())
+        // Sized for most messages up front, so formatting does not grow it several times.
+        let mut message = String::with_capacity(160);
+        let _ = write!(message, "{error}");
+        Status::new(code, message)
     }
 }

@@ -103,6 +103,18 @@ pub enum Readiness {
 /// a catalog of large binaries does not hash them again.
 pub(crate) type DigestCache = HashMap<PathBuf, (FileIdentity, String)>;
 
+/// Facts derived from the contents of entry files, keyed by path and checked against each
+/// file's identity, so reading an unchanged entry opens no file.
+pub(crate) type FileFactsCache = HashMap<PathBuf, (FileIdentity, FileFacts)>;
+
+/// Digest and platform of a file's contents.
+#[derive(Debug, Clone)]
+pub(crate) struct FileFacts {
+    /// Lowercase hex SHA-256, empty when a read that may not hash found no cached digest.
+    sha256: String,
+    platform: &'static str,
+}
+
 /// File identity that must be unchanged for a cached digest to stay valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FileIdentity {
@@ -129,23 +141,25 @@ impl FileIdentity {
     }
 }
 
-/// Reads the entry `name` at `path`, of file type `file_type` (not followed). Returns `None`
-/// for things that are never entries, such as sockets or FIFOs placed in the catalog directory.
+/// Reads the entry `name` at `path`, whose metadata (links not followed) is `metadata`. Returns
+/// `None` for things that are never entries, such as sockets or FIFOs placed in the catalog
+/// directory.
 ///
 /// An entry that cannot be used (a broken manifest, a dangling link, a binary that is not a
 /// regular file) is still returned, with `problem` set, so that it can be seen and deleted.
 pub(super) fn read_entry(
     name: &WorkerName,
     path: &Path,
-    file_type: std::fs::FileType,
+    metadata: std::fs::Metadata,
     digests: &DigestSource<'_>,
 ) -> Option<WorkerBinary> {
+    let file_type = metadata.file_type();
     let (layout, read) = if file_type.is_symlink() {
         (Layout::Symlink, read_symlink(name, path, digests))
     } else if file_type.is_file() {
         (
             Layout::File,
-            read_file(name, path, Layout::File, None, digests),
+            read_file(name, path, Layout::File, None, Some(metadata), digests),
         )
     } else if file_type.is_dir() {
         (Layout::Directory, read_folder(name, path, digests))
@@ -177,17 +191,55 @@ fn broken(name: &WorkerName, path: &Path, layout: Layout, problem: String) -> Wo
     }
 }
 
-/// Reads the executable at `path` (following links) and derives its metadata.
+/// Reads the executable at `path` (following links) and derives its metadata. `known` is its
+/// metadata when the caller has it already.
 ///
-/// The file is opened without blocking and checked to be a regular file before anything is
+/// While the file's identity matches a cached read, its contents are not read again. Otherwise
+/// the file is opened without blocking and checked to be a regular file before anything is
 /// read from it: a link to `/dev/zero` or a FIFO must not hang the hive.
 fn read_file(
     name: &WorkerName,
     path: &Path,
     layout: Layout,
     manifest: Option<Manifest>,
+    known: Option<std::fs::Metadata>,
     digests: &DigestSource<'_>,
 ) -> Result<WorkerBinary, String> {
+    let cached = known
+        .or_else(|| std::fs::metadata(path).ok())
+        .filter(std::fs::Metadata::is_file)
+        .and_then(|metadata| {
+            let facts = digests.cached(path, &metadata)?;
+            Some((metadata, facts))
+        });
+    let (metadata, facts) = match cached {
+        Some(cached) => cached,
+        None => read_facts(path, digests)?,
+    };
+
+    let manifest = manifest.unwrap_or_default();
+    Ok(WorkerBinary {
+        name: name.clone(),
+        path: path.to_owned(),
+        layout,
+        size_bytes: metadata.len(),
+        sha256: facts.sha256,
+        modified_at: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        executable: metadata.permissions().mode() & 0o111 != 0,
+        platform: facts.platform.to_owned(),
+        version: manifest.version.clone(),
+        source: manifest.source.clone(),
+        symlink_target: None,
+        manifest,
+        problem: None,
+    })
+}
+
+/// Opens the file at `path` and reads its metadata and the facts of its contents.
+fn read_facts(
+    path: &Path,
+    digests: &DigestSource<'_>,
+) -> Result<(std::fs::Metadata, FileFacts), String> {
     let mut file = OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
@@ -200,27 +252,11 @@ fn read_file(
         return Err(format!("{} is not a regular file", path.display()));
     }
     let read_error = |e: io::Error| format!("cannot read {}: {e}", path.display());
-    let platform = platform_of(&read_header(&mut file).map_err(read_error)?).to_owned();
-    let sha256 = digests
-        .digest(path, &mut file, &metadata)
+    let platform = platform_of(&read_header(&mut file).map_err(read_error)?);
+    let facts = digests
+        .facts(path, &mut file, &metadata, platform)
         .map_err(read_error)?;
-
-    let manifest = manifest.unwrap_or_default();
-    Ok(WorkerBinary {
-        name: name.clone(),
-        path: path.to_owned(),
-        layout,
-        size_bytes: metadata.len(),
-        sha256,
-        modified_at: metadata.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-        executable: metadata.permissions().mode() & 0o111 != 0,
-        platform,
-        version: manifest.version.clone(),
-        source: manifest.source.clone(),
-        symlink_target: None,
-        manifest,
-        problem: None,
-    })
+    Ok((metadata, facts))
 }
 
 fn read_symlink(
@@ -240,7 +276,7 @@ fn read_symlink(
         }
         Err(e) => return Err(format!("link target {}: {e}", target.display())),
     }
-    let binary = read_file(name, path, Layout::Symlink, None, digests)?;
+    let binary = read_file(name, path, Layout::Symlink, None, None, digests)?;
     Ok(WorkerBinary {
         symlink_target: Some(target),
         ..binary
@@ -275,7 +311,14 @@ fn read_folder(
                 manifest_path.display()
             )
         })?;
-        return read_file(name, &program, Layout::Directory, Some(manifest), digests);
+        return read_file(
+            name,
+            &program,
+            Layout::Directory,
+            Some(manifest),
+            None,
+            digests,
+        );
     }
 
     let relative = manifest
@@ -312,6 +355,7 @@ fn read_folder(
         &binary_path,
         Layout::Directory,
         Some(manifest),
+        None,
         digests,
     )
 }
@@ -367,10 +411,10 @@ fn cached_digest(
         .map(|(_, hex)| hex.clone())
 }
 
-/// Source of the digests of the files a catalog read finds: the cache, and hashing the file
-/// when its digest is not cached, unless the read may only use the cache.
+/// Source of the file facts of a catalog read: the cache, and reading the file when its facts
+/// are not cached, hashing it unless the read may only use the cache.
 pub(super) struct DigestSource<'a> {
-    cache: &'a Mutex<DigestCache>,
+    cache: &'a Mutex<FileFactsCache>,
     may_hash: bool,
     /// Set when a digest was needed that the cache did not have, in a read that may not hash.
     missed: Cell<bool>,
@@ -378,7 +422,7 @@ pub(super) struct DigestSource<'a> {
 
 impl<'a> DigestSource<'a> {
     /// Returns a source that hashes files whose digest is not cached.
-    pub(super) fn hashing(cache: &'a Mutex<DigestCache>) -> Self {
+    pub(super) fn hashing(cache: &'a Mutex<FileFactsCache>) -> Self {
         Self {
             cache,
             may_hash: true,
@@ -388,7 +432,7 @@ impl<'a> DigestSource<'a> {
 
     /// Returns a source that only uses the cache, for reads on async threads, which must not
     /// read whole binaries. A digest it does not have is left empty and marks the read missed.
-    pub(super) fn cached_only(cache: &'a Mutex<DigestCache>) -> Self {
+    pub(super) fn cached_only(cache: &'a Mutex<FileFactsCache>) -> Self {
         Self {
             cache,
             may_hash: false,
@@ -401,20 +445,44 @@ impl<'a> DigestSource<'a> {
         self.missed.get()
     }
 
-    fn digest(
+    /// Returns the cached facts of the file at `path` if its identity is still `metadata`'s.
+    fn cached(&self, path: &Path, metadata: &std::fs::Metadata) -> Option<FileFacts> {
+        let identity = FileIdentity::of(metadata);
+        self.cache
+            .lock()
+            .expect("file facts cache lock poisoned")
+            .get(path)
+            .filter(|(known, _)| *known == identity)
+            .map(|(_, facts)| facts.clone())
+    }
+
+    /// Returns the facts of the open `file` at `path`, whose header names `platform`. Hashes
+    /// the file and caches the result, or in a read that may not hash, leaves the digest empty.
+    fn facts(
         &self,
         path: &Path,
         file: &mut File,
         metadata: &std::fs::Metadata,
-    ) -> io::Result<String> {
-        if self.may_hash {
-            return digest(path, file, metadata, self.cache);
-        }
-        let cached = cached_digest(self.cache, path, FileIdentity::of(metadata));
-        if cached.is_none() {
+        platform: &'static str,
+    ) -> io::Result<FileFacts> {
+        if !self.may_hash {
             self.missed.set(true);
+            return Ok(FileFacts {
+                sha256: String::new(),
+                platform,
+            });
         }
-        Ok(cached.unwrap_or_default())
+        // Hashed without holding the lock, so one large file does not stall other requests.
+        file.seek(SeekFrom::Start(0))?;
+        let facts = FileFacts {
+            sha256: sha256_hex(file)?,
+            platform,
+        };
+        self.cache
+            .lock()
+            .expect("file facts cache lock poisoned")
+            .insert(path.to_owned(), (FileIdentity::of(metadata), facts.clone()));
+        Ok(facts)
     }
 }
 

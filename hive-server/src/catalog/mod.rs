@@ -19,8 +19,8 @@ use std::{
 pub use entry::{Layout, Manifest, Readiness, WorkerBinary};
 pub use name::{InvalidName, MAX_NAME_BYTES, WorkerName, check_entry_name};
 
-use entry::DigestSource;
 pub(crate) use entry::{DigestCache, digest, sha256_hex};
+use entry::{DigestSource, FileFactsCache};
 use names::EntryNames;
 
 /// File name of the manifest inside a folder entry.
@@ -84,7 +84,7 @@ impl CatalogError {
 #[derive(Debug)]
 pub struct Catalog {
     dir: PathBuf,
-    digests: Mutex<DigestCache>,
+    digests: Mutex<FileFactsCache>,
     /// Entry names kept between reads; `None` when the directory cannot be watched.
     names: Option<EntryNames>,
 }
@@ -298,9 +298,7 @@ impl Catalog {
         let path = self.dir.join(name.as_str());
         let metadata =
             std::fs::symlink_metadata(&path).map_err(|e| self.map_missing(name, "read", e))?;
-        let file_type = metadata.file_type();
-
-        Ok(entry::read_entry(name, &path, file_type, digests))
+        Ok(entry::read_entry(name, &path, metadata, digests))
     }
 
     /// Fails with [`CatalogError::AlreadyExists`] when an entry called `name` exists.

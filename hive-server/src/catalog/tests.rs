@@ -269,6 +269,34 @@ fn rewrite_keeping_size_and_mtime_is_hashed_again() {
 }
 
 #[test]
+fn platform_follows_rewritten_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry = dir.path().join("shifting");
+    write_executable(&entry, b"#!/bin/sh\n");
+    let catalog = Catalog::open(dir.path()).unwrap();
+    assert_eq!(catalog.get(&name("shifting")).unwrap().platform, "script");
+    let cached = catalog.get_cached(&name("shifting")).unwrap().unwrap();
+    assert_eq!(cached.platform, "script");
+
+    let mut elf = [0u8; 64];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2;
+    elf[5] = 1;
+    elf[18] = 0x3e;
+    write_executable(&entry, &elf);
+
+    let uncached = catalog.get_cached(&name("shifting")).unwrap();
+    assert!(uncached.is_none(), "served stale facts: {uncached:?}");
+    let read = catalog.get(&name("shifting")).unwrap();
+    assert_eq!(read.platform, "x86_64-linux");
+    assert_eq!(read.size_bytes, 64);
+    assert_eq!(read.sha256, sha256_hex(&mut &elf[..]).unwrap());
+    let cached = catalog.get_cached(&name("shifting")).unwrap().unwrap();
+    assert_eq!(cached.platform, "x86_64-linux");
+    assert_eq!(cached.sha256, read.sha256);
+}
+
+#[test]
 fn reads_see_entries_added_and_removed_by_others_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::open(dir.path()).unwrap();

@@ -25,7 +25,14 @@ pub struct InvalidJobId {
 impl JobId {
     /// Generates a new, unique id.
     pub fn generate() -> Self {
-        Self(format!("job-{}", uuid::Uuid::new_v4()).into())
+        const PREFIX: &[u8] = b"job-";
+        let mut id = [0; PREFIX.len() + uuid::fmt::Hyphenated::LENGTH];
+        id[..PREFIX.len()].copy_from_slice(PREFIX);
+        uuid::Uuid::new_v4()
+            .hyphenated()
+            .encode_lower(&mut id[PREFIX.len()..]);
+        let id = std::str::from_utf8(&id).expect("a job id prefix and a uuid are ASCII");
+        Self(Arc::from(id))
     }
 
     /// Parses a client-supplied id.
