@@ -3,15 +3,19 @@
 //! An inotify watch on the catalog directory records every entry created, removed or renamed
 //! there, by the hive or by anyone else. The kernel queues the event before the call that made
 //! the change returns. So when a read finds the queue empty, the names it read last are still
-//! the names on disk. That check is one non-blocking `read`, where scanning the directory again
+//! the names on disk. That check is one `FIONREAD` query, where scanning the directory again
 //! takes four system calls and grows with the number of entries.
+//!
+//! The query leaves the events queued, so concurrent readers need no lock for it. Only a reader
+//! that finds events takes the write lock, removes them and scans the directory. Readers that
+//! check the queue after that wait on the lock and get the new names.
 
 use std::{
     io,
     mem::MaybeUninit,
     os::fd::OwnedFd,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{Arc, RwLock},
 };
 
 use rustix::{
@@ -41,7 +45,7 @@ const WATCH_ENDED: ReadFlags = ReadFlags::DELETE_SELF
 pub(super) struct EntryNames {
     /// Non-blocking inotify descriptor watching the directory.
     watch: OwnedFd,
-    state: Mutex<State>,
+    state: RwLock<State>,
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +64,7 @@ impl EntryNames {
         inotify::add_watch(&watch, dir, WATCHED)?;
         Ok(Self {
             watch,
-            state: Mutex::new(State::default()),
+            state: RwLock::new(State::default()),
         })
     }
 
@@ -70,10 +74,17 @@ impl EntryNames {
         &self,
         scan: impl FnOnce() -> Result<Vec<WorkerName>, E>,
     ) -> Result<Arc<[WorkerName]>, E> {
-        // Held across the check and the scan: a reader that found the queue empty while another
-        // had just taken the events out would otherwise use the names from before the change.
-        let mut state = self.state.lock().expect("catalog name lock poisoned");
+        if !self.has_changes() {
+            let state = self.state.read().expect("catalog name lock poisoned");
+            if let Some(names) = &state.names {
+                return Ok(Arc::clone(names));
+            }
+        }
+
+        let mut state = self.state.write().expect("catalog name lock poisoned");
         if !state.ended {
+            // Removed under the write lock, so no reader can find the queue empty and still
+            // take the names from before the change.
             let change = self.take_changes();
             if change != Change::None {
                 state.names = None;
@@ -94,6 +105,12 @@ impl EntryNames {
             state.names = Some(Arc::clone(&names));
         }
         Ok(names)
+    }
+
+    /// Returns whether events are queued, without removing them. A failed query counts as a
+    /// change, so the caller takes the path that reads the directory.
+    fn has_changes(&self) -> bool {
+        !matches!(rustix::io::ioctl_fionread(&self.watch), Ok(0))
     }
 
     /// Reads every queued event and returns the largest change among them.

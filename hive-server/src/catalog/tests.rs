@@ -365,3 +365,50 @@ fn reads_follow_a_catalog_directory_that_was_replaced() {
     write_executable(&dir.join("newer"), b"#!/bin/sh\n");
     assert_eq!(catalog.get(&name("newer")).unwrap().name.as_str(), "newer");
 }
+
+#[test]
+fn concurrent_reads_see_every_finished_change() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    const ENTRIES: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Arc::new(Catalog::open(dir.path()).unwrap());
+    // Number of entries created so far; entry `w-N` exists once this is above N.
+    let created = Arc::new(AtomicUsize::new(0));
+
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (catalog, created) = (Arc::clone(&catalog), Arc::clone(&created));
+            std::thread::spawn(move || {
+                let mut checks = 0;
+                loop {
+                    let count = created.load(Ordering::Acquire);
+                    if count > 0 {
+                        let newest = name(&format!("w-{}", count - 1));
+                        let found = catalog.get_cached(&newest);
+                        assert!(
+                            !matches!(found, Err(CatalogError::NotFound { .. })),
+                            "{newest} was created before the read but not found"
+                        );
+                        checks += 1;
+                    }
+                    if count == ENTRIES {
+                        return checks;
+                    }
+                }
+            })
+        })
+        .collect();
+
+    for index in 0..ENTRIES {
+        write_executable(&dir.path().join(format!("w-{index}")), b"#!/bin/sh\n");
+        created.store(index + 1, Ordering::Release);
+    }
+    for reader in readers {
+        assert!(reader.join().unwrap() > 0);
+    }
+    assert_eq!(catalog.list().unwrap().len(), ENTRIES);
+}
