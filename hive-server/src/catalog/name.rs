@@ -36,6 +36,11 @@ impl WorkerName {
         Ok(Self(name.to_owned()))
     }
 
+    /// Returns the name as an owned string.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     /// Returns the name as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0

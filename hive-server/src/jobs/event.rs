@@ -1,6 +1,6 @@
 //! Narration events.
 
-use std::time::SystemTime;
+use std::{borrow::Cow, time::SystemTime};
 
 use super::JobId;
 
@@ -91,7 +91,7 @@ pub struct Event {
     /// Machine-readable step, for example `process.stop`.
     pub action: &'static str,
     /// Human-readable description.
-    pub message: String,
+    pub message: Cow<'static, str>,
     /// Progress of a measurable step.
     pub progress: Option<Progress>,
     /// Outcome; set only on the final event.

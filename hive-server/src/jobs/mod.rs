@@ -11,6 +11,7 @@ mod signal;
 mod subscribe;
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
@@ -98,7 +99,7 @@ impl Jobs {
         &self,
         id: Option<JobId>,
         action: &'static str,
-        message: String,
+        message: impl Into<Cow<'static, str>>,
     ) -> Result<StartedJob, JobError> {
         let id = id.unwrap_or_else(JobId::generate);
         let job = Arc::new(Job::new(id.clone(), self.limits.max_events_per_job));
@@ -113,7 +114,7 @@ impl Jobs {
         self.started.fire();
 
         let narrator = Narrator { job };
-        narrator.record(Level::Info, action, message, None, None);
+        narrator.record(Level::Info, action, message.into(), None, None);
         Ok(StartedJob {
             narrator,
             registry: Arc::clone(&self.registry),
@@ -316,31 +317,44 @@ impl Narrator {
     }
 
     /// Records an event at `level`.
-    pub fn narrate(&self, level: Level, action: &'static str, message: impl Into<String>) {
+    pub fn narrate(
+        &self,
+        level: Level,
+        action: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) {
         self.record(level, action, message.into(), None, None);
     }
 
     /// Records an informational event.
-    pub fn info(&self, action: &'static str, message: impl Into<String>) {
+    pub fn info(&self, action: &'static str, message: impl Into<Cow<'static, str>>) {
         self.narrate(Level::Info, action, message);
     }
 
     /// Records a warning.
-    pub fn warn(&self, action: &'static str, message: impl Into<String>) {
+    pub fn warn(&self, action: &'static str, message: impl Into<Cow<'static, str>>) {
         self.narrate(Level::Warn, action, message);
     }
 
     /// Records an event that carries progress.
-    pub fn progress(&self, action: &'static str, message: impl Into<String>, progress: Progress) {
+    pub fn progress(
+        &self,
+        action: &'static str,
+        message: impl Into<Cow<'static, str>>,
+        progress: Progress,
+    ) {
         self.record(Level::Info, action, message.into(), Some(progress), None);
     }
 
     /// Records the final event with the job's outcome; events recorded after it are ignored.
     fn finish(&self, outcome: Outcome) {
         let (level, message) = if outcome.is_ok() {
-            (Level::Info, "job finished".to_owned())
+            (Level::Info, Cow::Borrowed("job finished"))
         } else {
-            (Level::Error, format!("job failed: {}", outcome.message))
+            (
+                Level::Error,
+                Cow::Owned(format!("job failed: {}", outcome.message)),
+            )
         };
         self.record(level, "job.finish", message, None, Some(outcome));
     }
@@ -349,7 +363,7 @@ impl Narrator {
         &self,
         level: Level,
         action: &'static str,
-        message: String,
+        message: Cow<'static, str>,
         progress: Option<Progress>,
         outcome: Option<Outcome>,
     ) {

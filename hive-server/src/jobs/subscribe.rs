@@ -92,7 +92,8 @@ impl Cursor {
                 action: "narration.gap",
                 message: format!(
                     "{missed} earlier events were dropped from this job's bounded history"
-                ),
+                )
+                .into(),
                 progress: None,
                 outcome: None,
             });
@@ -111,7 +112,7 @@ impl Cursor {
             at: SystemTime::now(),
             level: Level::Warn,
             action: "hive.shutdown",
-            message: "the hive is shutting down; this job's outcome is unknown".to_owned(),
+            message: "the hive is shutting down; this job's outcome is unknown".into(),
             progress: None,
             outcome: Some(Outcome::unavailable(
                 "the hive shut down before the job finished",

@@ -20,7 +20,7 @@ async fn collect(jobs: &Jobs, id: &JobId) -> Vec<Event> {
 #[tokio::test]
 async fn late_subscriber_sees_whole_history() {
     let jobs = jobs_with(JobLimits::default());
-    let narrator = jobs.start(None, "test.start", "starting".into()).unwrap();
+    let narrator = jobs.start(None, "test.start", "starting").unwrap();
     let id = narrator.job_id().clone();
     narrator.info("test.step", "step one");
     narrator.finish(Outcome::ok());
@@ -52,7 +52,7 @@ async fn live_subscriber_follows_until_final_event() {
     tokio::time::sleep(Duration::from_millis(20)).await;
 
     let narrator = jobs
-        .start(Some(id.clone()), "test.start", "starting".into())
+        .start(Some(id.clone()), "test.start", "starting")
         .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     narrator.info("test.step", "step");

@@ -117,6 +117,14 @@ impl HiveApi {
     }
 }
 
+/// Converts a path to a string without copying it when it is valid UTF-8, as paths almost
+/// always are, and replaces invalid sequences otherwise.
+fn path_to_string(path: std::path::PathBuf) -> String {
+    path.into_os_string()
+        .into_string()
+        .unwrap_or_else(|path| path.to_string_lossy().into_owned())
+}
+
 pub(super) fn binary_to_proto(binary: WorkerBinary) -> proto::WorkerBinary {
     let layout = match binary.layout {
         Layout::File => proto::BinaryLayout::File,
@@ -124,8 +132,8 @@ pub(super) fn binary_to_proto(binary: WorkerBinary) -> proto::WorkerBinary {
         Layout::Symlink => proto::BinaryLayout::Symlink,
     };
     proto::WorkerBinary {
-        name: binary.name.to_string(),
-        path: binary.path.display().to_string(),
+        name: binary.name.into_string(),
+        path: path_to_string(binary.path),
         layout: layout.into(),
         size_bytes: binary.size_bytes,
         sha256: binary.sha256,

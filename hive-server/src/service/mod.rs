@@ -15,6 +15,7 @@ mod provision;
 mod slots;
 
 use std::{
+    borrow::Cow,
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -160,7 +161,7 @@ impl HiveApi {
         &self,
         job_id: &str,
         action: &'static str,
-        message: String,
+        message: impl Into<Cow<'static, str>>,
     ) -> Result<RunningJob, Status> {
         let slot = self.shared.requests.try_take().ok_or(Error::Overloaded {
             limit: self.shared.requests.limit(),
@@ -305,7 +306,7 @@ impl HiveService for HiveApi {
         request: Request<proto::GetHiveInfoRequest>,
     ) -> Result<Response<proto::GetHiveInfoResponse>, Status> {
         let request = request.into_inner();
-        let job = self.begin(&request.job_id, "hive.info", "describing the hive".into())?;
+        let job = self.begin(&request.job_id, "hive.info", "describing the hive")?;
         let result = self.hive_info(job.narrator()).await;
         self.finish(job, result)
     }
@@ -315,11 +316,7 @@ impl HiveService for HiveApi {
         request: Request<proto::ListWorkerBinariesRequest>,
     ) -> Result<Response<proto::ListWorkerBinariesResponse>, Status> {
         let request = request.into_inner();
-        let job = self.begin(
-            &request.job_id,
-            "binary.list",
-            "listing worker binaries".into(),
-        )?;
+        let job = self.begin(&request.job_id, "binary.list", "listing worker binaries")?;
         let result = self.list_binaries(job.narrator()).await;
         self.finish(job, result)
     }
@@ -353,11 +350,7 @@ impl HiveService for HiveApi {
         request: Request<proto::ListWorkerProcessesRequest>,
     ) -> Result<Response<proto::ListWorkerProcessesResponse>, Status> {
         let request = request.into_inner();
-        let job = self.begin(
-            &request.job_id,
-            "process.list",
-            "listing worker processes".into(),
-        )?;
+        let job = self.begin(&request.job_id, "process.list", "listing worker processes")?;
         let result = self.list_processes(job.narrator(), request).await;
         self.finish(job, result)
     }
@@ -413,11 +406,7 @@ impl HiveService for HiveApi {
         request: Request<proto::ListActiveWorkersRequest>,
     ) -> Result<Response<proto::ListActiveWorkersResponse>, Status> {
         let request = request.into_inner();
-        let job = self.begin(
-            &request.job_id,
-            "worker.list",
-            "listing active workers".into(),
-        )?;
+        let job = self.begin(&request.job_id, "worker.list", "listing active workers")?;
         let result = self.list_active(job.narrator());
         self.finish(job, result)
     }
@@ -490,7 +479,7 @@ impl HiveService for HiveApi {
         request: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
         let request = request.into_inner();
-        let job = self.begin(&request.job_id, "model.list", "listing models".into())?;
+        let job = self.begin(&request.job_id, "model.list", "listing models")?;
         let result = self.list_models(job.narrator()).await;
         self.finish(job, result)
     }
@@ -561,8 +550,14 @@ fn counted(count: usize, one: &str, many: &str) -> String {
     format!("found {count} {noun}")
 }
 
+/// Characters of a client-supplied string kept in a narration message.
+const SHORTENED_CHARS: usize = 64;
+
 /// Cuts a client-supplied string for a narration message, so a huge request field does not turn
 /// into a huge event.
-fn shorten(value: &str) -> String {
-    value.chars().take(64).collect()
+fn shorten(value: &str) -> &str {
+    match value.char_indices().nth(SHORTENED_CHARS) {
+        Some((end, _)) => &value[..end],
+        None => value,
+    }
 }

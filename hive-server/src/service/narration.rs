@@ -57,7 +57,7 @@ fn event_to_proto(event: Event) -> proto::NarrationEvent {
         timestamp: Some(event.at.into()),
         level: level.into(),
         action: event.action.to_owned(),
-        message: event.message,
+        message: event.message.into_owned(),
         progress: event.progress.map(|p| proto::Progress {
             current: p.current,
             total: p.total,
