@@ -8,7 +8,7 @@ use std::{
     os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Component, Path, PathBuf},
     sync::Mutex,
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use std::collections::BTreeMap;
@@ -116,6 +116,9 @@ pub(crate) struct FileFacts {
 }
 
 /// File identity that must be unchanged for a cached digest to stay valid.
+///
+/// Limitation: a write through a shared memory map can change a file's contents without
+/// changing any of these fields, and such a change is not seen until the file is written again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FileIdentity {
     dev: u64,
@@ -128,7 +131,8 @@ pub(crate) struct FileIdentity {
 }
 
 impl FileIdentity {
-    fn of(metadata: &std::fs::Metadata) -> Self {
+    /// Returns the identity of the file `metadata` was read from.
+    pub(crate) fn of(metadata: &std::fs::Metadata) -> Self {
         Self {
             dev: metadata.dev(),
             ino: metadata.ino(),
@@ -138,6 +142,15 @@ impl FileIdentity {
             ctime_ns: i128::from(metadata.ctime()) * 1_000_000_000
                 + i128::from(metadata.ctime_nsec()),
         }
+    }
+
+    /// Returns whether the file's last modification and change both happened before `time`.
+    pub(crate) fn unchanged_since(&self, time: SystemTime) -> bool {
+        let Ok(since_epoch) = time.duration_since(SystemTime::UNIX_EPOCH) else {
+            return false;
+        };
+        let time_ns = i128::try_from(since_epoch.as_nanos()).unwrap_or(i128::MAX);
+        self.mtime_ns < time_ns && self.ctime_ns < time_ns
     }
 }
 
@@ -415,6 +428,8 @@ fn cached_digest(
 /// are not cached, hashing it unless the read may only use the cache.
 pub(super) struct DigestSource<'a> {
     cache: &'a Mutex<FileFactsCache>,
+    /// How long ago a file must have last changed for its facts to be cached.
+    settle: Duration,
     may_hash: bool,
     /// Set when a digest was needed that the cache did not have, in a read that may not hash.
     missed: Cell<bool>,
@@ -422,9 +437,10 @@ pub(super) struct DigestSource<'a> {
 
 impl<'a> DigestSource<'a> {
     /// Returns a source that hashes files whose digest is not cached.
-    pub(super) fn hashing(cache: &'a Mutex<FileFactsCache>) -> Self {
+    pub(super) fn hashing(cache: &'a Mutex<FileFactsCache>, settle: Duration) -> Self {
         Self {
             cache,
+            settle,
             may_hash: true,
             missed: Cell::new(false),
         }
@@ -432,9 +448,10 @@ impl<'a> DigestSource<'a> {
 
     /// Returns a source that only uses the cache, for reads on async threads, which must not
     /// read whole binaries. A digest it does not have is left empty and marks the read missed.
-    pub(super) fn cached_only(cache: &'a Mutex<FileFactsCache>) -> Self {
+    pub(super) fn cached_only(cache: &'a Mutex<FileFactsCache>, settle: Duration) -> Self {
         Self {
             cache,
+            settle,
             may_hash: false,
             missed: Cell::new(false),
         }
@@ -457,7 +474,11 @@ impl<'a> DigestSource<'a> {
     }
 
     /// Returns the facts of the open `file` at `path`, whose header names `platform`. Hashes
-    /// the file and caches the result, or in a read that may not hash, leaves the digest empty.
+    /// the file, or in a read that may not hash, leaves the digest empty.
+    ///
+    /// The result is cached only when the file last changed `settle` or longer before the hash
+    /// started. A write still in progress, or one within the same timestamp tick, may not have
+    /// changed the file's times yet, and the next read hashes such a file again.
     fn facts(
         &self,
         path: &Path,
@@ -473,15 +494,19 @@ impl<'a> DigestSource<'a> {
             });
         }
         // Hashed without holding the lock, so one large file does not stall other requests.
+        let hashed_at = SystemTime::now();
         file.seek(SeekFrom::Start(0))?;
         let facts = FileFacts {
             sha256: sha256_hex(file)?,
             platform,
         };
-        self.cache
-            .lock()
-            .expect("file facts cache lock poisoned")
-            .insert(path.to_owned(), (FileIdentity::of(metadata), facts.clone()));
+        let identity = FileIdentity::of(metadata);
+        if identity.unchanged_since(hashed_at - self.settle) {
+            self.cache
+                .lock()
+                .expect("file facts cache lock poisoned")
+                .insert(path.to_owned(), (identity, facts.clone()));
+        }
         Ok(facts)
     }
 }

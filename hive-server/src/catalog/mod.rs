@@ -14,6 +14,7 @@ use std::{
     io,
     path::{Component, Path, PathBuf},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 pub use entry::{Layout, Manifest, Readiness, WorkerBinary};
@@ -31,6 +32,11 @@ const TRASH_PREFIX: &str = ".rbee-trash-";
 
 /// Prefix of the hidden folders new entries are assembled in before they are installed.
 const STAGING_PREFIX: &str = ".rbee-install-";
+
+/// How long ago a file or the catalog directory must have last changed before what was read
+/// from it is cached. Longer than the timestamp tick of local file systems (a few milliseconds)
+/// and of network file systems that keep whole seconds.
+const SETTLE_TIME: Duration = Duration::from_secs(2);
 
 /// Errors of catalog operations.
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +91,11 @@ impl CatalogError {
 pub struct Catalog {
     dir: PathBuf,
     digests: Mutex<FileFactsCache>,
-    /// Entry names kept between reads; `None` when the directory cannot be watched.
-    names: Option<EntryNames>,
+    /// Entry names kept between listings.
+    names: EntryNames,
+    /// How long ago a file or the directory must have last changed for what was read from it
+    /// to be cached.
+    settle: Duration,
 }
 
 impl Catalog {
@@ -95,19 +104,21 @@ impl Catalog {
     /// The path is canonicalized so it compares equal to the executable paths the kernel reports
     /// in `/proc/PID/exe`. Leftovers of deletions interrupted by a crash are removed.
     pub fn open(dir: &Path) -> Result<Self, CatalogError> {
+        Self::open_with_settle_time(dir, SETTLE_TIME)
+    }
+
+    /// Opens the catalog at `dir` like [`Catalog::open`], caching what was read from a file or
+    /// the directory once it last changed `settle` ago.
+    fn open_with_settle_time(dir: &Path, settle: Duration) -> Result<Self, CatalogError> {
         std::fs::create_dir_all(dir).map_err(|e| CatalogError::io("create", dir, e))?;
         let dir = dir
             .canonicalize()
             .map_err(|e| CatalogError::io("resolve", dir, e))?;
-        let names = EntryNames::watch(&dir)
-            .inspect_err(|error| {
-                tracing::debug!(%error, "failed to watch the catalog directory, scanning it on every read");
-            })
-            .ok();
         let catalog = Self {
             dir,
             digests: Mutex::new(HashMap::new()),
-            names,
+            names: EntryNames::new(settle),
+            settle,
         };
         catalog.remove_leftover_trash();
         Ok(catalog)
@@ -120,13 +131,13 @@ impl Catalog {
 
     /// Lists every entry, sorted by name. Entries that cannot be read are skipped and logged.
     pub fn list(&self) -> Result<Vec<WorkerBinary>, CatalogError> {
-        self.list_with(&DigestSource::hashing(&self.digests))
+        self.list_with(&DigestSource::hashing(&self.digests, self.settle))
     }
 
     /// Lists every entry like [`Catalog::list`] but hashes no file: returns `None` when the
     /// digest of an entry is not cached yet, and [`Catalog::list`] must run off the async threads.
     pub fn list_cached(&self) -> Result<Option<Vec<WorkerBinary>>, CatalogError> {
-        let digests = DigestSource::cached_only(&self.digests);
+        let digests = DigestSource::cached_only(&self.digests, self.settle);
         let binaries = self.list_with(&digests)?;
         Ok((!digests.missed()).then_some(binaries))
     }
@@ -155,13 +166,13 @@ impl Catalog {
 
     /// Returns the entry called `name`.
     pub fn get(&self, name: &WorkerName) -> Result<WorkerBinary, CatalogError> {
-        self.look_up(name, &DigestSource::hashing(&self.digests))
+        self.look_up(name, &DigestSource::hashing(&self.digests, self.settle))
     }
 
     /// Returns the entry called `name` like [`Catalog::get`] but hashes no file: returns `None`
     /// when its digest is not cached yet, and [`Catalog::get`] must run off the async threads.
     pub fn get_cached(&self, name: &WorkerName) -> Result<Option<WorkerBinary>, CatalogError> {
-        let digests = DigestSource::cached_only(&self.digests);
+        let digests = DigestSource::cached_only(&self.digests, self.settle);
         let binary = self.look_up(name, &digests)?;
         Ok((!digests.missed()).then_some(binary))
     }
@@ -252,16 +263,11 @@ impl Catalog {
         }
     }
 
-    /// Reads the entry called `name`, answering NOT_FOUND without touching the disk when the
-    /// directory holds no such name.
     fn look_up(
         &self,
         name: &WorkerName,
         digests: &DigestSource<'_>,
     ) -> Result<WorkerBinary, CatalogError> {
-        if self.entry_names()?.binary_search(name).is_err() {
-            return Err(self.not_found(name));
-        }
         self.read_entry(name, digests)?
             .ok_or_else(|| self.not_found(name))
     }
@@ -269,14 +275,7 @@ impl Catalog {
     /// Sorted names of the directory's entries: remembered while the directory is unchanged,
     /// else read from it.
     fn entry_names(&self) -> Result<Arc<[WorkerName]>, CatalogError> {
-        match &self.names {
-            Some(names) => names.get(|| self.scan_names()),
-            None => {
-                let mut names = self.scan_names()?;
-                names.sort();
-                Ok(names.into())
-            }
-        }
+        self.names.get(&self.dir, || self.scan_names())
     }
 
     fn scan_names(&self) -> Result<Vec<WorkerName>, CatalogError> {

@@ -1,4 +1,4 @@
-use std::{fs, os::unix::fs::PermissionsExt, path::Path};
+use std::{fs, os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
 use super::*;
 
@@ -220,7 +220,7 @@ fn worker_name_of_executable_paths() {
 #[test]
 fn cached_reads_never_hash() {
     let dir = tempfile::tempdir().unwrap();
-    let catalog = Catalog::open(dir.path()).unwrap();
+    let catalog = Catalog::open_with_settle_time(dir.path(), Duration::ZERO).unwrap();
     assert_eq!(catalog.list_cached().unwrap().map(|b| b.len()), Some(0));
     assert!(matches!(
         catalog.get_cached(&name("absent")),
@@ -249,7 +249,7 @@ fn rewrite_keeping_size_and_mtime_is_hashed_again() {
     let dir = tempfile::tempdir().unwrap();
     let entry = dir.path().join("same");
     write_executable(&entry, b"#!/bin/sh\n#A\n");
-    let catalog = Catalog::open(dir.path()).unwrap();
+    let catalog = Catalog::open_with_settle_time(dir.path(), Duration::ZERO).unwrap();
     let first = catalog.get(&name("same")).unwrap().sha256;
 
     // What `cp -p` or `touch -r` leave: new content with the old size and modification time.
@@ -273,7 +273,7 @@ fn platform_follows_rewritten_file() {
     let dir = tempfile::tempdir().unwrap();
     let entry = dir.path().join("shifting");
     write_executable(&entry, b"#!/bin/sh\n");
-    let catalog = Catalog::open(dir.path()).unwrap();
+    let catalog = Catalog::open_with_settle_time(dir.path(), Duration::ZERO).unwrap();
     assert_eq!(catalog.get(&name("shifting")).unwrap().platform, "script");
     let cached = catalog.get_cached(&name("shifting")).unwrap().unwrap();
     assert_eq!(cached.platform, "script");
@@ -411,4 +411,49 @@ fn concurrent_reads_see_every_finished_change() {
         assert!(reader.join().unwrap() > 0);
     }
     assert_eq!(catalog.list().unwrap().len(), ENTRIES);
+}
+
+#[test]
+fn fresh_file_is_hashed_on_every_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(dir.path()).unwrap();
+    write_executable(&dir.path().join("fresh"), b"#!/bin/sh\n");
+
+    let hashed = catalog.get(&name("fresh")).unwrap();
+    assert_eq!(hashed.sha256, sha256_hex(&mut &b"#!/bin/sh\n"[..]).unwrap());
+    // Changed within the settle time, so a write may still be under way.
+    assert!(catalog.get_cached(&name("fresh")).unwrap().is_none());
+    assert!(catalog.list_cached().unwrap().is_none());
+}
+
+#[test]
+fn settled_listing_follows_changes_and_replaced_parents() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("home/workers");
+    fs::create_dir_all(&dir).unwrap();
+    write_executable(&dir.join("old"), b"#!/bin/sh\n");
+    let catalog = Catalog::open_with_settle_time(&dir, Duration::from_millis(300)).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let names = |catalog: &Catalog| -> Vec<String> {
+        let listed = catalog.list().unwrap();
+        listed.iter().map(|b| b.name.to_string()).collect()
+    };
+    assert_eq!(names(&catalog), ["old"]);
+    // Served from the kept scan now, so the checks below exercise its validation.
+    assert_eq!(names(&catalog), ["old"]);
+
+    write_executable(&dir.join("added"), b"#!/bin/sh\n");
+    assert_eq!(names(&catalog), ["added", "old"]);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(names(&catalog), ["added", "old"]);
+
+    // A parent renamed and a new directory at the same path: no change inside the old one.
+    fs::rename(root.path().join("home"), root.path().join("home-before")).unwrap();
+    fs::create_dir_all(&dir).unwrap();
+    write_executable(&dir.join("new"), b"#!/bin/sh\n");
+    assert_eq!(names(&catalog), ["new"]);
+    assert!(matches!(
+        catalog.get(&name("old")),
+        Err(CatalogError::NotFound { .. })
+    ));
 }
