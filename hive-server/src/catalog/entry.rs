@@ -99,6 +99,11 @@ pub enum Readiness {
     Http(String),
 }
 
+/// How long ago a file or a directory must have last changed before what was read from it is
+/// cached. Longer than the timestamp tick of local file systems (a few milliseconds) and of
+/// network file systems that keep whole seconds.
+pub(crate) const SETTLE_TIME: Duration = Duration::from_secs(2);
+
 /// Digests already computed, keyed by path and checked against the file's identity, so listing
 /// a catalog of large binaries does not hash them again.
 pub(crate) type DigestCache = HashMap<PathBuf, (FileIdentity, String)>;
@@ -117,8 +122,9 @@ pub(crate) struct FileFacts {
 
 /// File identity that must be unchanged for a cached digest to stay valid.
 ///
-/// Limitation: a write through a shared memory map can change a file's contents without
-/// changing any of these fields, and such a change is not seen until the file is written again.
+/// Limitation: some changes keep every field. A write through a shared memory map, a single
+/// `write` call that lasts longer than the settle time while the file is hashed, and a file
+/// system image swapped in with the same stored times are not seen until the file changes again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FileIdentity {
     dev: u64,
@@ -144,13 +150,14 @@ impl FileIdentity {
         }
     }
 
-    /// Returns whether the file's last modification and change both happened before `time`.
-    pub(crate) fn unchanged_since(&self, time: SystemTime) -> bool {
+    /// Returns whether the file last changed before `time`, by its change time: every write and
+    /// every change of metadata sets it to the current time, and no system call sets it back.
+    pub(crate) fn changed_before(&self, time: SystemTime) -> bool {
         let Ok(since_epoch) = time.duration_since(SystemTime::UNIX_EPOCH) else {
             return false;
         };
         let time_ns = i128::try_from(since_epoch.as_nanos()).unwrap_or(i128::MAX);
-        self.mtime_ns < time_ns && self.ctime_ns < time_ns
+        self.ctime_ns < time_ns
     }
 }
 
@@ -402,12 +409,15 @@ pub(crate) fn digest(
     }
 
     // Hashed without holding the lock, so one large file does not stall other requests.
+    let hashed_at = SystemTime::now();
     file.seek(SeekFrom::Start(0))?;
     let hex = sha256_hex(file)?;
-    digests
-        .lock()
-        .expect("digest cache lock poisoned")
-        .insert(path.to_owned(), (identity, hex.clone()));
+    if identity.changed_before(hashed_at - SETTLE_TIME) {
+        digests
+            .lock()
+            .expect("digest cache lock poisoned")
+            .insert(path.to_owned(), (identity, hex.clone()));
+    }
     Ok(hex)
 }
 
@@ -501,7 +511,7 @@ impl<'a> DigestSource<'a> {
             platform,
         };
         let identity = FileIdentity::of(metadata);
-        if identity.unchanged_since(hashed_at - self.settle) {
+        if identity.changed_before(hashed_at - self.settle) {
             self.cache
                 .lock()
                 .expect("file facts cache lock poisoned")

@@ -21,7 +21,7 @@ pub use entry::{Layout, Manifest, Readiness, WorkerBinary};
 pub use name::{InvalidName, MAX_NAME_BYTES, WorkerName, check_entry_name};
 
 pub(crate) use entry::{DigestCache, digest, sha256_hex};
-use entry::{DigestSource, FileFactsCache};
+use entry::{DigestSource, FileFactsCache, SETTLE_TIME};
 use names::EntryNames;
 
 /// File name of the manifest inside a folder entry.
@@ -32,11 +32,6 @@ const TRASH_PREFIX: &str = ".rbee-trash-";
 
 /// Prefix of the hidden folders new entries are assembled in before they are installed.
 const STAGING_PREFIX: &str = ".rbee-install-";
-
-/// How long ago a file or the catalog directory must have last changed before what was read
-/// from it is cached. Longer than the timestamp tick of local file systems (a few milliseconds)
-/// and of network file systems that keep whole seconds.
-const SETTLE_TIME: Duration = Duration::from_secs(2);
 
 /// Errors of catalog operations.
 #[derive(Debug, thiserror::Error)]

@@ -60,7 +60,7 @@ impl EntryNames {
         let mut names = scan()?;
         names.sort();
         let names: Arc<[WorkerName]> = names.into();
-        let settled = identity.unchanged_since(scanned_at - self.settle);
+        let settled = identity.changed_before(scanned_at - self.settle);
         *self.last.write().expect("catalog name lock poisoned") = settled.then(|| Scan {
             identity,
             names: Arc::clone(&names),

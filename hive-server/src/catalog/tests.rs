@@ -457,3 +457,23 @@ fn settled_listing_follows_changes_and_replaced_parents() {
         Err(CatalogError::NotFound { .. })
     ));
 }
+
+#[test]
+fn future_modification_time_is_still_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let entry = dir.path().join("dated");
+    write_executable(&entry, b"#!/bin/sh\n");
+    let next_year = std::time::SystemTime::now() + Duration::from_secs(365 * 24 * 3600);
+    fs::File::options()
+        .write(true)
+        .open(&entry)
+        .unwrap()
+        .set_modified(next_year)
+        .unwrap();
+    let catalog = Catalog::open_with_settle_time(dir.path(), Duration::from_millis(300)).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+
+    let hashed = catalog.get(&name("dated")).unwrap();
+    let cached = catalog.get_cached(&name("dated")).unwrap();
+    assert_eq!(cached.map(|b| b.sha256), Some(hashed.sha256));
+}
