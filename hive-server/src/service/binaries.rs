@@ -18,8 +18,9 @@ impl HiveApi {
         &self,
         narrator: &Narrator,
     ) -> Result<proto::ListWorkerBinariesResponse, Error> {
-        // NOTE: the cached read runs on the async thread: a directory read and a few `stat`
-        // calls, fast on a local disk but able to stall other requests on a slow network mount.
+        // NOTE: the cached read runs on the async thread. It takes a `stat` per entry and of the
+        // directory, and a directory read after a change: fast on a local disk, but able to
+        // stall other requests on a slow network mount.
         let binaries = match self.shared.catalog.list_cached()? {
             Some(binaries) => binaries,
             None => {
