@@ -104,13 +104,67 @@ pub enum Readiness {
 /// network file systems that keep whole seconds.
 pub(crate) const SETTLE_TIME: Duration = Duration::from_secs(2);
 
-/// Digests already computed, keyed by path and checked against the file's identity, so listing
-/// a catalog of large binaries does not hash them again.
-pub(crate) type DigestCache = HashMap<PathBuf, (FileIdentity, String)>;
+/// Values read from files, keyed by path and valid while the file's identity is unchanged.
+#[derive(Debug)]
+pub(crate) struct FileCache<V> {
+    entries: Mutex<HashMap<PathBuf, (FileIdentity, V)>>,
+}
 
-/// Facts derived from the contents of entry files, keyed by path and checked against each
-/// file's identity, so reading an unchanged entry opens no file.
-pub(crate) type FileFactsCache = HashMap<PathBuf, (FileIdentity, FileFacts)>;
+impl<V> Default for FileCache<V> {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<V: Clone> FileCache<V> {
+    /// Returns the value cached for `path` if the file's identity is still `identity`.
+    pub(crate) fn get(&self, path: &Path, identity: FileIdentity) -> Option<V> {
+        self.lock()
+            .get(path)
+            .filter(|(known, _)| *known == identity)
+            .map(|(_, value)| value.clone())
+    }
+
+    /// Caches `value`, read from the file at `path` from `read_at` on, if the file last changed
+    /// at least `settle` before that.
+    ///
+    /// A write still in progress, or one within the same timestamp tick, may not have changed
+    /// the file's times yet, so the next read reads such a file again.
+    pub(crate) fn insert_settled(
+        &self,
+        path: &Path,
+        identity: FileIdentity,
+        value: V,
+        read_at: SystemTime,
+        settle: Duration,
+    ) {
+        if identity.settled(read_at, settle) {
+            self.lock().insert(path.to_owned(), (identity, value));
+        }
+    }
+
+    /// Forgets the value of `path`.
+    pub(crate) fn remove(&self, path: &Path) {
+        self.lock().remove(path);
+    }
+
+    /// Forgets the values of the paths for which `keep` returns false.
+    pub(crate) fn retain(&self, keep: impl Fn(&Path) -> bool) {
+        self.lock().retain(|path, _| keep(path));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (FileIdentity, V)>> {
+        self.entries.lock().expect("file cache lock poisoned")
+    }
+}
+
+/// Digests of files, so listing a catalog of large binaries does not hash them again.
+pub(crate) type DigestCache = FileCache<String>;
+
+/// Facts derived from the contents of entry files, so reading an unchanged entry opens no file.
+pub(crate) type FileFactsCache = FileCache<FileFacts>;
 
 /// Digest and platform of a file's contents.
 #[derive(Debug, Clone)]
@@ -122,9 +176,10 @@ pub(crate) struct FileFacts {
 
 /// File identity that must be unchanged for a cached digest to stay valid.
 ///
-/// Limitation: some changes keep every field. A write through a shared memory map, a single
-/// `write` call that lasts longer than the settle time while the file is hashed, and a file
-/// system image swapped in with the same stored times are not seen until the file changes again.
+/// Limitation: some changes keep every field, and are not seen until the file changes again.
+/// Examples are a write through a shared memory map, and a single `write` call that outlasts
+/// the settle time while the file is hashed. A file system image with the same stored times,
+/// swapped in for another, is a third.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FileIdentity {
     dev: u64,
@@ -150,10 +205,14 @@ impl FileIdentity {
         }
     }
 
-    /// Returns whether the file last changed before `time`, by its change time: every write and
-    /// every change of metadata sets it to the current time, and no system call sets it back.
-    pub(crate) fn changed_before(&self, time: SystemTime) -> bool {
-        let Ok(since_epoch) = time.duration_since(SystemTime::UNIX_EPOCH) else {
+    /// Returns whether the file last changed at least `settle` before `read_at`, by its change
+    /// time: every write and every change of metadata sets it to the current time, and no
+    /// system call sets it back.
+    pub(crate) fn settled(&self, read_at: SystemTime, settle: Duration) -> bool {
+        let Some(since_epoch) = read_at
+            .checked_sub(settle)
+            .and_then(|time| time.duration_since(SystemTime::UNIX_EPOCH).ok())
+        else {
             return false;
         };
         let time_ns = i128::try_from(since_epoch.as_nanos()).unwrap_or(i128::MAX);
@@ -286,8 +345,8 @@ fn read_symlink(
 ) -> Result<WorkerBinary, String> {
     let target = std::fs::read_link(path)
         .map_err(|e| format!("cannot read link {}: {e}", path.display()))?;
-    match std::fs::metadata(path) {
-        Ok(metadata) if metadata.is_file() => {}
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) if metadata.is_file() => metadata,
         Ok(_) => {
             return Err(format!(
                 "link target {} is not a regular file",
@@ -295,8 +354,8 @@ fn read_symlink(
             ));
         }
         Err(e) => return Err(format!("link target {}: {e}", target.display())),
-    }
-    let binary = read_file(name, path, Layout::Symlink, None, None, digests)?;
+    };
+    let binary = read_file(name, path, Layout::Symlink, None, Some(metadata), digests)?;
     Ok(WorkerBinary {
         symlink_target: Some(target),
         ..binary
@@ -401,10 +460,10 @@ pub(crate) fn digest(
     path: &Path,
     file: &mut File,
     metadata: &std::fs::Metadata,
-    digests: &Mutex<DigestCache>,
+    digests: &DigestCache,
 ) -> io::Result<String> {
     let identity = FileIdentity::of(metadata);
-    if let Some(hex) = cached_digest(digests, path, identity) {
+    if let Some(hex) = digests.get(path, identity) {
         return Ok(hex);
     }
 
@@ -412,32 +471,14 @@ pub(crate) fn digest(
     let hashed_at = SystemTime::now();
     file.seek(SeekFrom::Start(0))?;
     let hex = sha256_hex(file)?;
-    if identity.changed_before(hashed_at - SETTLE_TIME) {
-        digests
-            .lock()
-            .expect("digest cache lock poisoned")
-            .insert(path.to_owned(), (identity, hex.clone()));
-    }
+    digests.insert_settled(path, identity, hex.clone(), hashed_at, SETTLE_TIME);
     Ok(hex)
-}
-
-fn cached_digest(
-    digests: &Mutex<DigestCache>,
-    path: &Path,
-    identity: FileIdentity,
-) -> Option<String> {
-    digests
-        .lock()
-        .expect("digest cache lock poisoned")
-        .get(path)
-        .filter(|(known, _)| *known == identity)
-        .map(|(_, hex)| hex.clone())
 }
 
 /// Source of the file facts of a catalog read: the cache, and reading the file when its facts
 /// are not cached, hashing it unless the read may only use the cache.
 pub(super) struct DigestSource<'a> {
-    cache: &'a Mutex<FileFactsCache>,
+    cache: &'a FileFactsCache,
     /// How long ago a file must have last changed for its facts to be cached.
     settle: Duration,
     may_hash: bool,
@@ -447,7 +488,7 @@ pub(super) struct DigestSource<'a> {
 
 impl<'a> DigestSource<'a> {
     /// Returns a source that hashes files whose digest is not cached.
-    pub(super) fn hashing(cache: &'a Mutex<FileFactsCache>, settle: Duration) -> Self {
+    pub(super) fn hashing(cache: &'a FileFactsCache, settle: Duration) -> Self {
         Self {
             cache,
             settle,
@@ -458,7 +499,7 @@ impl<'a> DigestSource<'a> {
 
     /// Returns a source that only uses the cache, for reads on async threads, which must not
     /// read whole binaries. A digest it does not have is left empty and marks the read missed.
-    pub(super) fn cached_only(cache: &'a Mutex<FileFactsCache>, settle: Duration) -> Self {
+    pub(super) fn cached_only(cache: &'a FileFactsCache, settle: Duration) -> Self {
         Self {
             cache,
             settle,
@@ -474,21 +515,12 @@ impl<'a> DigestSource<'a> {
 
     /// Returns the cached facts of the file at `path` if its identity is still `metadata`'s.
     fn cached(&self, path: &Path, metadata: &std::fs::Metadata) -> Option<FileFacts> {
-        let identity = FileIdentity::of(metadata);
-        self.cache
-            .lock()
-            .expect("file facts cache lock poisoned")
-            .get(path)
-            .filter(|(known, _)| *known == identity)
-            .map(|(_, facts)| facts.clone())
+        self.cache.get(path, FileIdentity::of(metadata))
     }
 
     /// Returns the facts of the open `file` at `path`, whose header names `platform`. Hashes
-    /// the file, or in a read that may not hash, leaves the digest empty.
-    ///
-    /// The result is cached only when the file last changed `settle` or longer before the hash
-    /// started. A write still in progress, or one within the same timestamp tick, may not have
-    /// changed the file's times yet, and the next read hashes such a file again.
+    /// the file and caches the result once the file has settled, or in a read that may not
+    /// hash, leaves the digest empty.
     fn facts(
         &self,
         path: &Path,
@@ -511,12 +543,8 @@ impl<'a> DigestSource<'a> {
             platform,
         };
         let identity = FileIdentity::of(metadata);
-        if identity.changed_before(hashed_at - self.settle) {
-            self.cache
-                .lock()
-                .expect("file facts cache lock poisoned")
-                .insert(path.to_owned(), (identity, facts.clone()));
-        }
+        self.cache
+            .insert_settled(path, identity, facts.clone(), hashed_at, self.settle);
         Ok(facts)
     }
 }

@@ -10,10 +10,9 @@ mod name;
 mod names;
 
 use std::{
-    collections::HashMap,
     io,
     path::{Component, Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -85,7 +84,7 @@ impl CatalogError {
 #[derive(Debug)]
 pub struct Catalog {
     dir: PathBuf,
-    digests: Mutex<FileFactsCache>,
+    digests: FileFactsCache,
     /// Entry names kept between listings.
     names: EntryNames,
     /// How long ago a file or the directory must have last changed for what was read from it
@@ -111,7 +110,7 @@ impl Catalog {
             .map_err(|e| CatalogError::io("resolve", dir, e))?;
         let catalog = Self {
             dir,
-            digests: Mutex::new(HashMap::new()),
+            digests: FileFactsCache::default(),
             names: EntryNames::new(settle),
             settle,
         };
@@ -152,10 +151,7 @@ impl Catalog {
         // Forget digests of files that are gone, so renamed files do not pile up.
         let listed: std::collections::HashSet<&Path> =
             binaries.iter().map(|b| b.path.as_path()).collect();
-        self.digests
-            .lock()
-            .expect("digest cache lock poisoned")
-            .retain(|path, _| listed.contains(path.as_path()));
+        self.digests.retain(|path| listed.contains(path));
         Ok(binaries)
     }
 
@@ -211,10 +207,7 @@ impl Catalog {
             },
             Layout::Directory => self.remove_folder(name)?,
         }
-        self.digests
-            .lock()
-            .expect("digest cache lock poisoned")
-            .remove(&binary.path);
+        self.digests.remove(&binary.path);
         tracing::info!(%name, path = %binary.path.display(), "worker binary deleted");
         Ok(binary)
     }

@@ -5,12 +5,10 @@
 //! Names starting with `.` are never models: downloads in progress use them.
 
 use std::{
-    collections::HashMap,
     fs::{File, OpenOptions},
     io::{self, Read},
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
-    sync::Mutex,
     time::SystemTime,
 };
 
@@ -112,7 +110,7 @@ struct ModelMeta {
 pub struct ModelCatalog {
     dir: PathBuf,
     /// Digests by path, reused while a file is unchanged.
-    digests: Mutex<DigestCache>,
+    digests: DigestCache,
 }
 
 impl ModelCatalog {
@@ -122,7 +120,7 @@ impl ModelCatalog {
         let dir = dir.canonicalize().map_err(io_error("resolve", dir))?;
         Ok(Self {
             dir,
-            digests: Mutex::new(HashMap::new()),
+            digests: DigestCache::default(),
         })
     }
 
