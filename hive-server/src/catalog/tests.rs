@@ -297,7 +297,7 @@ fn platform_follows_rewritten_file() {
 }
 
 #[test]
-fn reads_see_entries_added_and_removed_by_others_at_once() {
+fn reads_see_outside_changes_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::open(dir.path()).unwrap();
     assert!(catalog.list().unwrap().is_empty());
