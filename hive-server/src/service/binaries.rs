@@ -2,7 +2,7 @@
 
 use rbee_proto::v1 as proto;
 
-use super::{HiveApi, blocking, counted, processes::stopped_to_proto, with_identity};
+use super::{HiveApi, blocking, counted, number_of, processes::stopped_to_proto, with_identity};
 use crate::{
     catalog::{Layout, WorkerBinary, WorkerName},
     error::Error,
@@ -85,7 +85,10 @@ impl HiveApi {
             }
             narrator.info(
                 "binary.delete",
-                format!("stopping {} worker processes of {name} first", pids.len()),
+                format!(
+                    "stopping {} of {name} first",
+                    number_of(pids.len(), "worker process", "worker processes")
+                ),
             );
             let workers = &self.shared.workers;
             for pid in pids {

@@ -546,8 +546,13 @@ impl HiveService for HiveApi {
 
 /// Says how many of a thing were found, in the right number.
 fn counted(count: usize, one: &str, many: &str) -> String {
+    format!("found {}", number_of(count, one, many))
+}
+
+/// Writes `count` with the singular or plural noun that fits it.
+fn number_of(count: usize, one: &str, many: &str) -> String {
     let noun = if count == 1 { one } else { many };
-    format!("found {count} {noun}")
+    format!("{count} {noun}")
 }
 
 /// Characters of a client-supplied string kept in a narration message.
