@@ -1,4 +1,9 @@
 //! Keeper fan-out: `rbee worker binary list` to 64 real hives against the same command to one.
+//!
+//! Besides the wall time, each run counts the CPU time that the keeper and all hives spent on
+//! it. They share this machine's cores, so a command that needs that much CPU time cannot end
+//! sooner than the CPU time divided by the number of cores. The last row compares that floor
+//! with the one-hive time.
 
 use std::{
     fs,
@@ -9,12 +14,22 @@ use std::{
 use anyhow::{Context, ensure};
 
 use crate::{
-    fixture::{Hive, sibling_binary},
+    fixture::{Hive, cpu_time, reaped_children_cpu_time, sibling_binary},
     median,
     report::{Measure, Row, Target},
 };
 
-pub async fn run(hive_count: usize, samples: usize) -> anyhow::Result<Row> {
+/// Wall time and CPU time of one keeper command.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    wall: Duration,
+    /// CPU time of the keeper.
+    keeper_cpu: Duration,
+    /// CPU time of the keeper and of every hive during the command.
+    cpu: Duration,
+}
+
+pub async fn run(hive_count: usize, samples: usize) -> anyhow::Result<Vec<Row>> {
     let mut hives = Vec::new();
     for _ in 0..hive_count {
         hives.push(Hive::start(&[])?);
@@ -32,34 +47,72 @@ pub async fn run(hive_count: usize, samples: usize) -> anyhow::Result<Row> {
     fs::write(&config, text)?;
     let all: Vec<String> = (1..=hive_count).map(|i| format!("a{i}")).collect();
     let all = all.join(",");
+    let cores = std::thread::available_parallelism()
+        .context("failed to read the number of CPUs")?
+        .get();
 
-    let mut many_times = Vec::new();
-    let mut one_times = Vec::new();
+    let mut many_runs = Vec::new();
+    let mut one_runs = Vec::new();
     for sample in 0..=samples {
-        let many = keeper_list(home.path(), &config, &all, hive_count)?;
-        let single = keeper_list(home.path(), &config, "a1", 1)?;
+        let many = keeper_list(home.path(), &config, &all, &hives, hive_count)?;
+        let single = keeper_list(home.path(), &config, "a1", &hives, 1)?;
         if sample > 0 {
-            many_times.push(many);
-            one_times.push(single);
+            many_runs.push(many);
+            one_runs.push(single);
         }
     }
 
-    Ok(Row {
-        name: format!("rbee worker binary list, {hive_count} hives vs 1"),
-        rbee: Measure::millis(median(&mut many_times)),
-        baseline: Measure::millis(median(&mut one_times)),
-        target: Target::AtMost(1.3),
-    })
+    let wall = |runs: &[Run]| median(&mut runs.iter().map(|run| run.wall).collect::<Vec<_>>());
+    let cpu = |runs: &[Run]| median(&mut runs.iter().map(|run| run.cpu).collect::<Vec<_>>());
+    let keeper_cpu =
+        |runs: &[Run]| median(&mut runs.iter().map(|run| run.keeper_cpu).collect::<Vec<_>>());
+    let one_wall = wall(&one_runs);
+    let many_cpu = cpu(&many_runs);
+    Ok(vec![
+        Row {
+            name: format!("rbee worker binary list, {hive_count} hives vs 1"),
+            rbee: Measure::millis(wall(&many_runs)),
+            baseline: Measure::millis(one_wall),
+            target: Target::AtMost(1.3),
+        },
+        Row {
+            name: format!("CPU time of that command, keeper and hives, {hive_count} hives vs 1"),
+            rbee: Measure::millis(many_cpu),
+            baseline: Measure::millis(cpu(&one_runs)),
+            target: Target::None,
+        },
+        Row {
+            name: format!("CPU time of the keeper alone, {hive_count} hives vs 1"),
+            rbee: Measure::millis(keeper_cpu(&many_runs)),
+            baseline: Measure::millis(keeper_cpu(&one_runs)),
+            target: Target::None,
+        },
+        Row {
+            name: format!("{hive_count}-hive CPU time / {cores} cores vs 1-hive wall time"),
+            rbee: Measure::millis(many_cpu / cores as u32),
+            baseline: Measure::millis(one_wall),
+            target: Target::None,
+        },
+    ])
+}
+
+/// Returns the CPU time that the hives have spent so far.
+fn hives_cpu_time(hives: &[Hive]) -> anyhow::Result<Duration> {
+    hives.iter().map(|hive| cpu_time(hive.pid())).sum()
 }
 
 /// Runs `rbee --config CONFIG --hive HIVES worker binary list --output json` with a private
-/// home and returns how long it took, after checking that every hive responded OK.
+/// home and returns its wall time and the CPU time that it and `all_hives` spent, after checking
+/// that every hive responded OK.
 fn keeper_list(
     home: &std::path::Path,
     config: &std::path::Path,
     hives: &str,
+    all_hives: &[Hive],
     expected: usize,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<Run> {
+    let hives_before = hives_cpu_time(all_hives)?;
+    let keeper_before = reaped_children_cpu_time()?;
     let started = Instant::now();
     let output = Command::new(sibling_binary("rbee")?)
         .arg("--config")
@@ -77,7 +130,10 @@ fn keeper_list(
         .stderr(Stdio::null())
         .output()
         .context("failed to run rbee")?;
-    let elapsed = started.elapsed();
+    let wall = started.elapsed();
+    let keeper_cpu = reaped_children_cpu_time()?.saturating_sub(keeper_before);
+    // A hive thread that exits takes its CPU time out of the sum, so the sum may shrink.
+    let hives_cpu = hives_cpu_time(all_hives)?.saturating_sub(hives_before);
 
     ensure!(
         output.status.success(),
@@ -90,5 +146,9 @@ fn keeper_list(
         .context("no results in rbee's output")?;
     let ok = results.iter().filter(|r| r["outcome"] == "ok").count();
     ensure!(ok == expected, "{ok} of {expected} hives responded OK");
-    Ok(elapsed)
+    Ok(Run {
+        wall,
+        keeper_cpu,
+        cpu: keeper_cpu + hives_cpu,
+    })
 }

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use nix::{
     sys::{signal, wait},
     unistd::Pid,
@@ -50,6 +50,50 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
         })
         .with_context(|| format!("no VmRSS for process {pid}"))?;
     Ok(kib * 1024)
+}
+
+/// Returns the CPU time that process `pid` has spent running, summed over its live threads,
+/// from `/proc/PID/task/TID/schedstat` (nanoseconds, unlike the clock ticks of `/proc/PID/stat`).
+/// Threads that already exited are not counted.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let tasks = format!("/proc/{pid}/task");
+    let mut total = Duration::ZERO;
+    let mut counted = 0;
+    for task in fs::read_dir(&tasks).with_context(|| format!("failed to read {tasks}"))? {
+        let path = task?.path().join("schedstat");
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            // The thread exited after it was listed.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                return Err(error).with_context(|| format!("failed to read {}", path.display()));
+            }
+        };
+        let nanos: u64 = text
+            .split_whitespace()
+            .next()
+            .and_then(|field| field.parse().ok())
+            .with_context(|| format!("unexpected contents of {}: {text:?}", path.display()))?;
+        total += Duration::from_nanos(nanos);
+        counted += 1;
+    }
+    ensure!(
+        counted > 0,
+        "no schedstat file of process {pid} could be read: it exited, or the kernel keeps no \
+         scheduler statistics"
+    );
+    Ok(total)
+}
+
+/// Returns the CPU time, user and system, of all children of this process that have been
+/// waited for.
+pub fn reaped_children_cpu_time() -> anyhow::Result<Duration> {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .context("failed to read the CPU time of child processes")?;
+    let to_duration = |time: nix::sys::time::TimeVal| {
+        Duration::from_secs(time.tv_sec() as u64) + Duration::from_micros(time.tv_usec() as u64)
+    };
+    Ok(to_duration(usage.user_time()) + to_duration(usage.system_time()))
 }
 
 /// A child process that is stopped on drop: SIGTERM, then SIGKILL after `term_grace`.

@@ -95,7 +95,7 @@ async fn run(args: &Args) -> anyhow::Result<Vec<report::Row>> {
         rows.push(unary::run(unary::Call::ListEmptyCatalog, round).await?);
     }
     if selected(Bench::Fanout) {
-        rows.push(fanout::run(args.hives, 10).await?);
+        rows.extend(fanout::run(args.hives, 10).await?);
     }
     if selected(Bench::Narration) {
         rows.push(narration::events_per_second(args.lines).await?);
