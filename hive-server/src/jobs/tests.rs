@@ -164,6 +164,22 @@ async fn finished_jobs_are_forgotten_beyond_the_limit() {
 }
 
 #[tokio::test]
+async fn default_limits_keep_1024_finished_jobs() {
+    let jobs = jobs_with(JobLimits::default());
+    let mut ids = Vec::new();
+    for _ in 0..1025 {
+        let narrator = jobs.start(None, "a", String::new()).unwrap();
+        ids.push(narrator.job_id().clone());
+        narrator.finish(Outcome::ok());
+    }
+
+    assert!(jobs.get(&ids[0]).is_none());
+    assert!(jobs.get(&ids[1]).is_some());
+    assert!(jobs.get(&ids[1024]).is_some());
+    assert_eq!(JobLimits::default().retention, Duration::from_secs(15 * 60));
+}
+
+#[tokio::test]
 async fn finished_jobs_expire_after_retention() {
     let jobs = jobs_with(JobLimits {
         retention: Duration::from_millis(50),
