@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod health;
 pub mod host;
 pub mod jobs;
 pub mod models;

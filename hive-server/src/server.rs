@@ -143,7 +143,7 @@ pub async fn serve(
     );
     let monitor = tokio::spawn(Arc::clone(&workers).monitor(stopping.clone()));
 
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (health, health_service) = crate::health::service(stopping.clone());
     health.set_serving::<HiveServiceServer<HiveApi>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(rbee_proto::FILE_DESCRIPTOR_SET)

@@ -141,6 +141,57 @@ async fn sigterm_ends_open_narration_streams_and_exits() {
     drop(running);
 }
 
+#[tokio::test]
+async fn health_watch_ends_at_shutdown() {
+    // Far longer than the test waits, so only the end of the watch lets the hive exit in time.
+    let mut hive = TestHive::start_with(HiveOptions {
+        args: vec!["--drain-timeout-secs".into(), "60".into()],
+    });
+    let channel = tonic::transport::Endpoint::from_shared(hive.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let mut updates = health
+        .watch(HealthCheckRequest {
+            service: "rbee.hive.v1.HiveService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = updates.next().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    let started = std::time::Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = hive.terminate(Duration::from_secs(15));
+        (status, hive)
+    });
+    let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(10), updates.collect())
+        .await
+        .expect("the watch stream ends at shutdown");
+    let (status, hive) = status.await.unwrap();
+
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!(
+        rest[0].as_ref().unwrap().status(),
+        ServingStatus::NotServing
+    );
+    let status = status.expect("hive exits long before the drain timeout");
+    assert!(
+        status.success(),
+        "hive exit {status:?}; log:\n{}",
+        hive.log()
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(
+        !hive.log().contains("requests still running"),
+        "log:\n{}",
+        hive.log()
+    );
+}
+
 /// Waits until the job `job_id` has started on the hive.
 async fn wait_for_job(client: &mut HiveServiceClient<tonic::transport::Channel>, job_id: &str) {
     client
