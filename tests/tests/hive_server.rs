@@ -16,12 +16,7 @@ use tonic_health::pb::{
 #[tokio::test]
 async fn health_reports_hive_service_serving() {
     let hive = TestHive::start();
-    let channel = tonic::transport::Endpoint::from_shared(hive.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel);
+    let mut health = health_client(&hive).await;
 
     let response = health
         .check(HealthCheckRequest {
@@ -147,12 +142,7 @@ async fn health_watch_ends_at_shutdown() {
     let mut hive = TestHive::start_with(HiveOptions {
         args: vec!["--drain-timeout-secs".into(), "60".into()],
     });
-    let channel = tonic::transport::Endpoint::from_shared(hive.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = HealthClient::new(channel);
+    let mut health = health_client(&hive).await;
     let mut updates = health
         .watch(HealthCheckRequest {
             service: "rbee.hive.v1.HiveService".into(),
@@ -190,6 +180,16 @@ async fn health_watch_ends_at_shutdown() {
         "log:\n{}",
         hive.log()
     );
+}
+
+/// Connects a health client to the hive.
+async fn health_client(hive: &TestHive) -> HealthClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(hive.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    HealthClient::new(channel)
 }
 
 /// Waits until the job `job_id` has started on the hive.
