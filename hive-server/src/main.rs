@@ -137,10 +137,26 @@ fn main() -> ExitCode {
     match start(args, token_env) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_chain(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Formats `error` and its causes, leaving out each cause that the text before it already
+/// contains: the hive's errors name their cause in their own message, which gRPC clients see.
+fn error_chain(error: &anyhow::Error) -> String {
+    error
+        .chain()
+        .skip(1)
+        .fold(error.to_string(), |text, cause| {
+            let cause = cause.to_string();
+            if text.contains(&cause) {
+                text
+            } else {
+                format!("{text}: {cause}")
+            }
+        })
 }
 
 fn start(args: Args, token_env: Option<OsString>) -> anyhow::Result<()> {

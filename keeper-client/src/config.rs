@@ -126,14 +126,16 @@ impl HiveTarget {
 }
 
 /// Errors in reading the hives file or in choosing hives.
+///
+/// Each message names its cause, so no variant exposes it as a `source` as well: `rbee` prints
+/// the chain of sources after the message, which would repeat the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file exists but could not be read, or a file given explicitly is missing.
-    #[error("failed to read hives file {}: {source}", path.display())]
+    #[error("failed to read hives file {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// The file is not valid TOML of the expected shape.
@@ -217,7 +219,7 @@ impl Config {
                 tracing::debug!(path = %path.display(), "no hives file, only localhost is known");
                 String::new()
             }
-            Err(source) => return Err(ConfigError::Read { path, source }),
+            Err(error) => return Err(ConfigError::Read { path, error }),
         };
 
         Self::parse(path, &text)

@@ -87,6 +87,9 @@ pub enum LocalHive {
 }
 
 /// Failures in starting, finding or stopping the local hive.
+///
+/// Each message names its cause, so no variant exposes it as a `source` as well: `rbee` prints
+/// the chain of sources after the message, which would repeat the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum LocalHiveError {
     /// No `rbee-hive` next to `rbee` nor on PATH.
@@ -94,29 +97,23 @@ pub enum LocalHiveError {
     BinaryNotFound { beside: PathBuf },
 
     /// A file or directory of the local hive could not be used.
-    #[error("failed to {action} {}: {source}", path.display())]
+    #[error("failed to {action} {}: {error}", path.display())]
     File {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 
     /// The pid file exists but cannot be parsed.
-    #[error("invalid pid file {}: {source}; remove it if no hive is running", path.display())]
+    #[error("invalid pid file {}: {error}; remove it if no hive is running", path.display())]
     InvalidPidFile {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 
     /// The executable could not be run.
-    #[error("failed to run {}: {source}", path.display())]
-    Spawn {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("failed to run {}: {error}", path.display())]
+    Spawn { path: PathBuf, error: io::Error },
 
     /// The hive exited before it was ready.
     #[error("{HIVE_BINARY} exited during start-up ({status}); last lines of {}:\n{tail}", log.display())]
@@ -131,22 +128,21 @@ pub enum LocalHiveError {
     NoAddress { waited: Duration, log: PathBuf },
 
     /// A signal could not be sent.
-    #[error("failed to send {signal} to the hive (pid {pid}): {source}")]
+    #[error("failed to send {signal} to the hive (pid {pid}): {error}")]
     Signal {
         pid: i32,
         signal: &'static str,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
 impl LocalHiveError {
     fn file(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Self {
         let path = path.to_owned();
-        move |source| Self::File {
+        move |error| Self::File {
             action,
             path,
-            source,
+            error,
         }
     }
 }
@@ -159,9 +155,9 @@ pub fn inspect(paths: &Paths) -> Result<LocalHive, LocalHiveError> {
         Err(source) => return Err(LocalHiveError::file("read", &paths.pid_file)(source)),
     };
     let record: PidRecord =
-        serde_json::from_str(&text).map_err(|source| LocalHiveError::InvalidPidFile {
+        serde_json::from_str(&text).map_err(|error| LocalHiveError::InvalidPidFile {
             path: paths.pid_file.clone(),
-            source,
+            error,
         })?;
 
     if is_recorded_process(&record) {
@@ -300,9 +296,9 @@ pub fn spawn(paths: &Paths, options: &StartOptions) -> Result<Started, LocalHive
         command.arg("--token-file").arg(token_file);
     }
 
-    let child = command.spawn().map_err(|source| LocalHiveError::Spawn {
+    let child = command.spawn().map_err(|error| LocalHiveError::Spawn {
         path: options.binary.clone(),
-        source,
+        error,
     })?;
     let pid = child.id() as i32;
     tracing::info!(pid, binary = %options.binary.display(), "started rbee-hive");
@@ -447,10 +443,10 @@ fn send_signal(
     signal: Signal,
     name: &'static str,
 ) -> Result<(), LocalHiveError> {
-    let error = |source: io::Error| LocalHiveError::Signal {
+    let error = |error: io::Error| LocalHiveError::Signal {
         pid: record.pid,
         signal: name,
-        source,
+        error,
     };
     let pid = Pid::from_raw(record.pid)
         .ok_or_else(|| error(io::Error::from(io::ErrorKind::InvalidInput)))?;

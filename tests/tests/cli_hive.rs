@@ -119,6 +119,30 @@ fn stale_pid_file_is_not_trusted() {
 }
 
 #[test]
+fn corrupt_pid_file_is_a_local_failure() {
+    let rbee = Rbee::new();
+    fs::create_dir_all(rbee.state_dir()).unwrap();
+    let pid_file = rbee.state_dir().join("hive.pid");
+    fs::write(&pid_file, "{not json").unwrap();
+
+    let status = rbee.run(&["hive", "status"]);
+
+    assert_eq!(status.code, Some(1), "stderr:\n{}", status.stderr);
+    assert_eq!(
+        status.stderr,
+        format!(
+            "error: invalid pid file {}: key must be a string at line 1 column 2; remove it if \
+             no hive is running\n",
+            pid_file.display()
+        )
+    );
+    assert!(
+        pid_file.exists(),
+        "a pid file the keeper cannot read is left for the user"
+    );
+}
+
+#[test]
 fn start_reports_a_hive_that_exits_at_once() {
     let rbee = Rbee::new();
     let _cleanup = StopOnDrop(&rbee);

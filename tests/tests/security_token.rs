@@ -295,7 +295,15 @@ fn unusable_token_sources_fail_start_up() {
     let (code, stderr) = start_failure(&["--token-file", &missing], &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains(&format!("failed to read the token file {missing}")),
+        stderr.contains(&format!(
+            "error: failed to read the token file {missing}: No such file or directory (os error \
+             2)\n"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
         "{stderr}"
     );
 }
