@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use rbee_proto::v1::{
-    DeleteWorkerProcessRequest, ListWorkerBinariesRequest, NarrateRequest,
-    hive_service_client::HiveServiceClient,
+    DeleteWorkerProcessRequest, DeleteWorkerProcessResponse, ListWorkerBinariesRequest,
+    NarrateRequest, hive_service_client::HiveServiceClient,
 };
 use rbee_tests::{HiveOptions, TestHive};
+use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::{
@@ -37,22 +38,8 @@ async fn requests_beyond_the_limit_are_shed_then_served_again() {
     let worker = hive.start_worker("stubborn", &["--ignore-sigterm"]);
 
     // Holds the only request slot for the grace period.
-    let slow = {
-        let url = hive.url();
-        let pid = worker.pid();
-        tokio::spawn(async move {
-            let mut client = HiveServiceClient::connect(url).await.unwrap();
-            client
-                .delete_worker_process(DeleteWorkerProcessRequest {
-                    job_id: "job-slow".into(),
-                    pid,
-                    grace_period: Some(Duration::from_secs(2).try_into().unwrap()),
-                })
-                .await
-        })
-    };
+    let slow = start_delete(&hive, "job-slow", worker.pid(), Duration::from_secs(2)).await;
     let mut client = hive.client().await;
-    wait_for_job(&mut client, "job-slow").await;
 
     let shed = client
         .list_worker_binaries(ListWorkerBinariesRequest::default())
@@ -77,22 +64,7 @@ async fn sigterm_ends_open_narration_streams_and_exits() {
         args: vec!["--drain-timeout-secs".into(), "1".into()],
     });
     let worker = hive.start_worker("stubborn", &["--ignore-sigterm"]);
-    let running = {
-        let url = hive.url();
-        let pid = worker.pid();
-        tokio::spawn(async move {
-            let mut client = HiveServiceClient::connect(url).await.unwrap();
-            client
-                .delete_worker_process(DeleteWorkerProcessRequest {
-                    job_id: "job-running".into(),
-                    pid,
-                    grace_period: Some(Duration::from_secs(60).try_into().unwrap()),
-                })
-                .await
-        })
-    };
-    let mut client = hive.client().await;
-    wait_for_job(&mut client, "job-running").await;
+    let running = start_delete(&hive, "job-running", worker.pid(), Duration::from_secs(60)).await;
 
     let mut streams = Vec::new();
     for _ in 0..20 {
@@ -182,6 +154,32 @@ async fn health_watch_ends_at_shutdown() {
     );
 }
 
+#[tokio::test]
+async fn abandoned_delete_still_finishes() {
+    let hive = TestHive::start();
+    let worker = hive.start_worker("stubborn", &["--ignore-sigterm"]);
+    let call = start_delete(&hive, "job-abandoned", worker.pid(), Duration::from_secs(1)).await;
+    let mut client = hive.client().await;
+
+    // Dropping the call closes its connection, which cancels the request on the hive.
+    call.abort();
+    let events: Vec<_> = client
+        .narrate(NarrateRequest {
+            job_id: "job-abandoned".into(),
+            wait_for_start: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|event| event.unwrap())
+        .collect()
+        .await;
+
+    let outcome = events.last().unwrap().outcome.as_ref().unwrap();
+    assert_eq!(outcome.code, Code::Ok as i32, "{events:?}");
+    assert!(!worker.is_running(), "the stop ended with SIGKILL");
+}
+
 /// Connects a health client to the hive.
 async fn health_client(hive: &TestHive) -> HealthClient<tonic::transport::Channel> {
     let channel = tonic::transport::Endpoint::from_shared(hive.url())
@@ -190,6 +188,28 @@ async fn health_client(hive: &TestHive) -> HealthClient<tonic::transport::Channe
         .await
         .unwrap();
     HealthClient::new(channel)
+}
+
+/// Sends `DeleteWorkerProcess` of `pid` as job `job_id` from a task with its own connection, and
+/// returns once the job has started.
+async fn start_delete(
+    hive: &TestHive,
+    job_id: &str,
+    pid: i32,
+    grace_period: Duration,
+) -> JoinHandle<Result<tonic::Response<DeleteWorkerProcessResponse>, tonic::Status>> {
+    let request = DeleteWorkerProcessRequest {
+        job_id: job_id.into(),
+        pid,
+        grace_period: Some(grace_period.try_into().unwrap()),
+    };
+    let url = hive.url();
+    let call = tokio::spawn(async move {
+        let mut client = HiveServiceClient::connect(url).await.unwrap();
+        client.delete_worker_process(request).await
+    });
+    wait_for_job(&mut hive.client().await, job_id).await;
+    call
 }
 
 /// Waits until the job `job_id` has started on the hive.

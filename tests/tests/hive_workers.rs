@@ -13,7 +13,7 @@ use rbee_proto::v1::{
     ListActiveWorkersRequest, ListWorkerProcessesRequest, RetireActiveWorkerRequest,
     SpawnWorkerRequest, StopMethod, hive_service_client::HiveServiceClient,
 };
-use rbee_tests::{HiveOptions, TestHive, start_non_worker, test_worker_bin};
+use rbee_tests::{HiveOptions, PidGuard, TestHive, start_non_worker, test_worker_bin};
 use tonic::{Code, transport::Channel};
 
 /// A model file in its own temp dir.
@@ -183,6 +183,40 @@ async fn spawned_worker_is_ready_listed_and_retired() {
         .into_inner()
         .workers;
     assert!(active.is_empty(), "{active:?}");
+}
+
+#[tokio::test]
+async fn shutdown_stops_spawned_workers_when_asked() {
+    let mut hive = TestHive::start_with(HiveOptions {
+        args: vec![
+            "--stop-workers-on-shutdown".into(),
+            "--drain-timeout-secs".into(),
+            "5".into(),
+        ],
+    });
+    hive.install(&test_worker_bin(), "llm-worker");
+    let model = model();
+    let mut client = hive.client().await;
+    let worker = spawn(&mut client, spawn_request("llm-worker", &model.path, &[])).await;
+    let _guard = PidGuard::new(worker.pid);
+    assert!(process_exists(worker.pid));
+    drop(client);
+
+    let (status, hive) = tokio::task::spawn_blocking(move || {
+        let status = hive.terminate(Duration::from_secs(15));
+        (status, hive)
+    })
+    .await
+    .unwrap();
+
+    let status = status.expect("hive exits within the drain timeout");
+    assert!(
+        status.success(),
+        "hive exit {status:?}; log:\n{}",
+        hive.log()
+    );
+    assert!(!process_exists(worker.pid));
+    assert!(!accepts_connections(worker.port));
 }
 
 #[tokio::test]
