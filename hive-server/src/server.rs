@@ -194,6 +194,10 @@ pub async fn serve(
 
     tracing::info!(drain_timeout = ?config.drain_timeout, "hive shutting down");
     health.set_not_serving::<HiveServiceServer<HiveApi>>().await;
+    // The empty name stands for the whole server, which probes ask about by default.
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     stopping.cancel();
     monitor.abort();
     if config.stop_workers_on_shutdown {

@@ -115,31 +115,39 @@ async fn health_watch_ends_at_shutdown() {
         args: vec!["--drain-timeout-secs".into(), "60".into()],
     });
     let mut health = health_client(&hive).await;
-    let mut updates = health
-        .watch(HealthCheckRequest {
-            service: "rbee.hive.v1.HiveService".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = updates.next().await.unwrap().unwrap();
-    assert_eq!(first.status(), ServingStatus::Serving);
+    // The whole server (the empty name) and the hive service.
+    let mut watches = Vec::new();
+    for service in ["", "rbee.hive.v1.HiveService"] {
+        let mut updates = health
+            .watch(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = updates.next().await.unwrap().unwrap();
+        assert_eq!(first.status(), ServingStatus::Serving, "{service:?}");
+        watches.push((service, updates));
+    }
 
     let started = std::time::Instant::now();
     let status = tokio::task::spawn_blocking(move || {
         let status = hive.terminate(Duration::from_secs(15));
         (status, hive)
     });
-    let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(10), updates.collect())
-        .await
-        .expect("the watch stream ends at shutdown");
+    for (service, updates) in watches {
+        let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(10), updates.collect())
+            .await
+            .expect("the watch stream ends at shutdown");
+        assert_eq!(rest.len(), 1, "{service:?}: {rest:?}");
+        assert_eq!(
+            rest[0].as_ref().unwrap().status(),
+            ServingStatus::NotServing,
+            "{service:?}"
+        );
+    }
     let (status, hive) = status.await.unwrap();
 
-    assert_eq!(rest.len(), 1, "{rest:?}");
-    assert_eq!(
-        rest[0].as_ref().unwrap().status(),
-        ServingStatus::NotServing
-    );
     let status = status.expect("hive exits long before the drain timeout");
     assert!(
         status.success(),
