@@ -33,8 +33,8 @@ struct Args {
     crowd: Vec<usize>,
 
     /// Hives of the fan-out benchmark.
-    #[arg(long, default_value_t = 64)]
-    hives: usize,
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    hives: u16,
 
     /// Log lines of the chatty worker, one narration event each.
     #[arg(long, default_value_t = 20_000)]
@@ -71,7 +71,14 @@ fn main() -> anyhow::Result<()> {
     }
 
     let runtime = tokio::runtime::Runtime::new()?;
-    let rows = runtime.block_on(run(&args))?;
+    let rows = runtime.block_on(async {
+        // Returning drops the benchmark's future, and with it the guards that stop every
+        // process it started.
+        tokio::select! {
+            rows = run(&args) => rows,
+            signal = interrupted() => Err(anyhow::anyhow!("stopped by {signal}")),
+        }
+    })?;
     print!("{}", report::table(&rows));
     if rows.iter().any(|row| row.passed() == Some(false)) {
         std::process::exit(1);
@@ -95,7 +102,7 @@ async fn run(args: &Args) -> anyhow::Result<Vec<report::Row>> {
         rows.push(unary::run(unary::Call::ListEmptyCatalog, round).await?);
     }
     if selected(Bench::Fanout) {
-        rows.extend(fanout::run(args.hives, 10).await?);
+        rows.extend(fanout::run(usize::from(args.hives), 10).await?);
     }
     if selected(Bench::Narration) {
         rows.push(narration::events_per_second(args.lines).await?);
@@ -105,6 +112,22 @@ async fn run(args: &Args) -> anyhow::Result<Vec<report::Row>> {
         rows.push(idle::idle_rss().await?);
     }
     Ok(rows)
+}
+
+/// Waits for SIGINT or SIGTERM and returns its name.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the signals keep their default action.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
 }
 
 /// Returns the median of `values`, sorting them.
