@@ -209,6 +209,8 @@ pub async fn serve(
             Err(error) => tracing::warn!(%error, "failed to start the shutdown job"),
         }
     }
+    // Limitation: a stop still in its grace period when the drain timeout ends is dropped with
+    // the hive, so its worker, already sent SIGTERM, never gets SIGKILL.
     match tokio::time::timeout(config.drain_timeout, server).await {
         Ok(result) => result?,
         Err(_) => tracing::warn!("requests still running after the drain timeout; exiting"),
