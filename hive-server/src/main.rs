@@ -237,10 +237,13 @@ async fn run(args: Args, token_env: Option<OsString>) -> anyhow::Result<()> {
     let address = listener
         .local_addr()
         .context("failed to read the bound address")?;
-    // Scripts and the keeper wait for this line to learn the address, so it goes to stdout.
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "listening on {address}")?;
-    stdout.flush()?;
+    // Scripts and the keeper wait for this line to learn the address, so it goes to stdout, and
+    // only once the hive's directories are known to work.
+    let announce = move || {
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "listening on {address}")?;
+        stdout.flush()
+    };
 
     let mut terminate = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("failed to watch SIGINT")?;
@@ -250,7 +253,7 @@ async fn run(args: Args, token_env: Option<OsString>) -> anyhow::Result<()> {
             _ = interrupt.recv() => tracing::info!("received SIGINT"),
         }
     };
-    server::serve(config, listener, shutdown).await?;
+    server::serve(config, listener, announce, shutdown).await?;
     Ok(())
 }
 

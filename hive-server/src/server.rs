@@ -80,15 +80,20 @@ pub enum ServeError {
     /// The transport failed.
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The `ready` callback failed, for example to write to a closed stdout.
+    #[error("failed to announce that the hive is ready: {0}")]
+    Ready(#[source] std::io::Error),
 }
 
-/// Serves the hive on `listener` until `shutdown` completes, then drains.
+/// Serves the hive on `listener` until `shutdown` completes, then drains. Calls `ready` once
+/// the catalogs and the state directory are open, just before the first connection is accepted.
 ///
 /// On shutdown the health service reports NOT_SERVING, open narration streams receive a final
 /// event and end, and requests in flight get up to `drain_timeout` to finish.
 pub async fn serve(
     config: HiveConfig,
     listener: TcpListener,
+    ready: impl FnOnce() -> std::io::Result<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let catalog = Arc::new(Catalog::open(&config.catalog_dir)?);
@@ -163,6 +168,7 @@ pub async fn serve(
         "hive started"
     );
 
+    ready().map_err(ServeError::Ready)?;
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.security.tls {
         builder = builder.tls_config(tls.clone())?;

@@ -1,12 +1,16 @@
 //! Server behaviour: health, load shedding, graceful shutdown.
 
-use std::time::Duration;
+use std::{
+    fs,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use rbee_proto::v1::{
     DeleteWorkerProcessRequest, DeleteWorkerProcessResponse, ListWorkerBinariesRequest,
     NarrateRequest, hive_service_client::HiveServiceClient,
 };
-use rbee_tests::{HiveOptions, TestHive};
+use rbee_tests::{HiveOptions, TestHive, wait_with_timeout, workspace_bin};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -186,6 +190,42 @@ async fn abandoned_delete_still_finishes() {
     let outcome = events.last().unwrap().outcome.as_ref().unwrap();
     assert_eq!(outcome.code, Code::Ok as i32, "{events:?}");
     assert!(!worker.is_running(), "the stop ended with SIGKILL");
+}
+
+#[test]
+fn unusable_state_dir_fails_before_the_listening_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("a-file");
+    fs::write(&state, "").unwrap();
+    let mut hive = Command::new(workspace_bin("rbee-hive"))
+        .args(["--listen", "127.0.0.1:0", "--catalog-dir"])
+        .arg(dir.path().join("catalog"))
+        .arg("--model-dir")
+        .arg(dir.path().join("models"))
+        .arg("--state-dir")
+        .arg(&state)
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(dir.path().join("stdout")).unwrap())
+        .stderr(fs::File::create(dir.path().join("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let status = wait_with_timeout(&mut hive, Duration::from_secs(10));
+    if status.is_none() {
+        let _ = hive.kill();
+        let _ = hive.wait();
+        panic!("rbee-hive started with a file as its state directory");
+    }
+
+    let stderr = fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert_eq!(status.unwrap().code(), Some(1), "{stderr}");
+    assert_eq!(fs::read_to_string(dir.path().join("stdout")).unwrap(), "");
+    assert!(
+        stderr.ends_with(&format!(
+            "error: cannot read or create the hive id in {}: Not a directory (os error 20)\n",
+            state.display()
+        )),
+        "{stderr}"
+    );
 }
 
 /// Connects a health client to the hive.
