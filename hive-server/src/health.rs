@@ -1,4 +1,5 @@
-//! `grpc.health.v1.Health`, with `Watch` streams that end when the hive shuts down.
+//! `grpc.health.v1.Health`, with `Watch` streams that end when the hive shuts down and that
+//! report SERVICE_UNKNOWN for a service the hive does not have.
 //!
 //! A `Watch` stream otherwise stays open for as long as the client keeps it, so one watching
 //! client would hold a shutting-down hive for the whole drain timeout.
@@ -11,6 +12,7 @@ use tonic::{Request, Response, Status};
 use tonic_health::{
     pb::{
         HealthCheckRequest, HealthCheckResponse,
+        health_check_response::ServingStatus,
         health_server::{Health, HealthServer},
     },
     server::{HealthReporter, HealthService},
@@ -52,7 +54,18 @@ impl Health for DrainingHealth {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let updates = self.inner.watch(request).await?.into_inner();
+        let updates: WatchStream = match self.inner.watch(request).await {
+            Ok(updates) => Box::pin(updates.into_inner()),
+            // For an unknown service, the health checking protocol fails a check with NOT_FOUND
+            // but has a watch send SERVICE_UNKNOWN and stay open.
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                let unknown = HealthCheckResponse {
+                    status: ServingStatus::ServiceUnknown as i32,
+                };
+                Box::pin(futures::stream::iter([Ok(unknown)]).chain(futures::stream::pending()))
+            }
+            Err(status) => return Err(status),
+        };
         let stopping = self.stopping.clone();
         let stream = futures::stream::unfold(updates, move |mut updates| {
             let stopping = stopping.clone();

@@ -119,9 +119,19 @@ async fn health_watch_ends_at_shutdown() {
         args: vec!["--drain-timeout-secs".into(), "60".into()],
     });
     let mut health = health_client(&hive).await;
-    // The whole server (the empty name) and the hive service.
+    // The whole server (the empty name), the hive service, and a service the hive does not
+    // have, with their first status and the updates that follow at shutdown.
+    let cases = [
+        ("", ServingStatus::Serving, vec![ServingStatus::NotServing]),
+        (
+            "rbee.hive.v1.HiveService",
+            ServingStatus::Serving,
+            vec![ServingStatus::NotServing],
+        ),
+        ("no.such.Service", ServingStatus::ServiceUnknown, vec![]),
+    ];
     let mut watches = Vec::new();
-    for service in ["", "rbee.hive.v1.HiveService"] {
+    for (service, first, rest) in cases {
         let mut updates = health
             .watch(HealthCheckRequest {
                 service: service.into(),
@@ -129,9 +139,11 @@ async fn health_watch_ends_at_shutdown() {
             .await
             .unwrap()
             .into_inner();
-        let first = updates.next().await.unwrap().unwrap();
-        assert_eq!(first.status(), ServingStatus::Serving, "{service:?}");
-        watches.push((service, updates));
+        let update = updates.next().await.unwrap().unwrap();
+        assert_eq!(update.status(), first, "{service:?}");
+        let next = tokio::time::timeout(Duration::from_millis(100), updates.next()).await;
+        assert!(next.is_err(), "{service:?}: the watch stays open: {next:?}");
+        watches.push((service, updates, rest));
     }
 
     let started = std::time::Instant::now();
@@ -139,16 +151,15 @@ async fn health_watch_ends_at_shutdown() {
         let status = hive.terminate(Duration::from_secs(15));
         (status, hive)
     });
-    for (service, updates) in watches {
+    for (service, updates, expected) in watches {
         let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(10), updates.collect())
             .await
             .expect("the watch stream ends at shutdown");
-        assert_eq!(rest.len(), 1, "{service:?}: {rest:?}");
-        assert_eq!(
-            rest[0].as_ref().unwrap().status(),
-            ServingStatus::NotServing,
-            "{service:?}"
-        );
+        let rest: Vec<_> = rest
+            .into_iter()
+            .map(|update| update.unwrap().status())
+            .collect();
+        assert_eq!(rest, expected, "{service:?}");
     }
     let (status, hive) = status.await.unwrap();
 
