@@ -85,6 +85,10 @@ pub enum ServeError {
     Ready(#[source] std::io::Error),
 }
 
+/// Time given to requests after the drain timeout, once stops in their grace period have sent
+/// SIGKILL, to finish and send their responses.
+const GRACE_CUT_WAIT: Duration = Duration::from_secs(2);
+
 /// Serves the hive on `listener` until `shutdown` completes, then drains. Calls `ready` once
 /// the catalogs and the state directory are open, just before the first connection is accepted.
 ///
@@ -215,11 +219,16 @@ pub async fn serve(
             Err(error) => tracing::warn!(%error, "failed to start the shutdown job"),
         }
     }
-    // Limitation: a stop still in its grace period when the drain timeout ends is dropped with
-    // the hive, so its worker, already sent SIGTERM, never gets SIGKILL.
-    match tokio::time::timeout(config.drain_timeout, server).await {
-        Ok(result) => result?,
-        Err(_) => tracing::warn!("requests still running after the drain timeout; exiting"),
+    if let Ok(result) = tokio::time::timeout(config.drain_timeout, server.as_mut()).await {
+        result?;
+    } else {
+        // A stop still in its grace period sends SIGKILL now rather than end with the hive and
+        // leave its worker running after SIGTERM.
+        workers.end_grace_periods();
+        match tokio::time::timeout(GRACE_CUT_WAIT, server).await {
+            Ok(result) => result?,
+            Err(_) => tracing::warn!("requests still running after the drain timeout; exiting"),
+        }
     }
     tracing::info!("hive stopped");
     Ok(())

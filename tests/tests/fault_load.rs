@@ -169,8 +169,12 @@ async fn hundred_narration_streams_end_at_shutdown() {
         exited_after < DRAIN + margin,
         "the hive took {exited_after:?} to exit"
     );
+    // The deletes holding the slots had their grace period cut at the drain timeout.
     for worker in &workers {
-        assert!(worker.is_running(), "a hive shutdown never stops workers");
+        assert!(
+            !worker.is_running(),
+            "the delete in flight ended with SIGKILL"
+        );
     }
     drop(running);
 }

@@ -8,7 +8,7 @@ use std::{
 
 use rbee_proto::v1::{
     DeleteWorkerProcessRequest, DeleteWorkerProcessResponse, ListWorkerBinariesRequest,
-    NarrateRequest, hive_service_client::HiveServiceClient,
+    NarrateRequest, StopMethod, hive_service_client::HiveServiceClient,
 };
 use rbee_tests::{HiveOptions, TestHive, wait_with_timeout, workspace_bin};
 use tokio::task::JoinHandle;
@@ -68,6 +68,7 @@ async fn sigterm_ends_open_narration_streams_and_exits() {
         args: vec!["--drain-timeout-secs".into(), "1".into()],
     });
     let worker = hive.start_worker("stubborn", &["--ignore-sigterm"]);
+    let bystander = hive.start_worker("stubborn", &["--ignore-sigterm"]);
     let running = start_delete(&hive, "job-running", worker.pid(), Duration::from_secs(60)).await;
 
     let mut streams = Vec::new();
@@ -102,14 +103,27 @@ async fn sigterm_ends_open_narration_streams_and_exits() {
         );
     }
     let (status, hive) = status.await.unwrap();
-    let status = status.expect("hive exits within the drain timeout");
+    let status = status.expect("hive exits soon after the drain timeout");
     assert!(
         status.success(),
         "hive exit {status:?}; log:\n{}",
         hive.log()
     );
-    assert!(worker.is_running(), "a hive shutdown never kills workers");
-    drop(running);
+
+    // The delete in flight had its grace period cut at the drain timeout, and still responded.
+    let stopped = running
+        .await
+        .unwrap()
+        .expect("the delete responds before the hive exits")
+        .into_inner()
+        .stopped
+        .unwrap();
+    assert_eq!(stopped.method(), StopMethod::KilledAfterGrace);
+    assert!(!worker.is_running());
+    assert!(
+        bystander.is_running(),
+        "a hive shutdown kills no other worker"
+    );
 }
 
 #[tokio::test]

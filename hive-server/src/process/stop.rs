@@ -15,6 +15,7 @@ use rustix::{
     process::{Pid, PidfdFlags, Signal},
 };
 use tokio::io::{Interest, unix::AsyncFd};
+use tokio_util::sync::CancellationToken;
 
 use super::{Identity, ProcessError, scan, tree};
 use crate::{catalog::WorkerName, jobs::Narrator};
@@ -61,12 +62,15 @@ pub struct StoppedProcess {
 /// once when `grace` is zero). Processes forked during the grace period are found again before
 /// SIGKILL.
 ///
+/// Cancelling `grace_cut` ends the grace period at once, as when the hive shuts down.
+///
 /// The exit status is reported when the process is still a zombie after it exits, which is the
 /// case until its parent reaps it; otherwise it is unknown.
 pub async fn stop_worker(
     identity: Identity<'_>,
     pid: i32,
     grace: Duration,
+    grace_cut: &CancellationToken,
     narrator: &Narrator,
 ) -> Result<StoppedProcess, ProcessError> {
     let worker = scan::find_worker(identity, pid)?;
@@ -102,21 +106,21 @@ pub async fn stop_worker(
     }
     signal_members(&members, first_signal);
 
-    if !grace.is_zero()
-        && tokio::time::timeout(grace, all_exited(&leader, &members))
-            .await
-            .is_err()
-    {
+    if !grace.is_zero() && !exited_within(grace, grace_cut, all_exited(&leader, &members)).await {
         // Children forked during the grace period are part of the tree too.
         let known: Vec<i32> = members.iter().map(|m| m.pid).collect();
         members.extend(open_members(tree::members(pid), &known));
+        let when = if grace_cut.is_cancelled() {
+            format!(
+                "when the hive shut down, before the end of the {}s grace period",
+                grace.as_secs_f64()
+            )
+        } else {
+            format!("after the {}s grace period", grace.as_secs_f64())
+        };
         narrator.warn(
             "process.signal",
-            format!(
-                "worker process {pid} or its children still running after the {}s grace \
-                 period; sending SIGKILL",
-                grace.as_secs_f64()
-            ),
+            format!("worker process {pid} or its children still running {when}; sending SIGKILL"),
         );
         if method != StopMethod::AlreadyExited {
             method = StopMethod::KilledAfterGrace;
@@ -170,12 +174,32 @@ pub async fn stop_worker(
     })
 }
 
+/// Waits up to `grace` for `exited`, or until `grace_cut` is cancelled, and returns whether the
+/// processes exited.
+async fn exited_within(
+    grace: Duration,
+    grace_cut: &CancellationToken,
+    exited: impl Future<Output = ()>,
+) -> bool {
+    tokio::select! {
+        // An exit that is already done counts, even when the grace period is cut.
+        biased;
+        result = tokio::time::timeout(grace, exited) => result.is_ok(),
+        () = grace_cut.cancelled() => false,
+    }
+}
+
 /// Stops the processes a worker left behind after its own process exited: every process whose
 /// environment contains `marker` (`RBEE_WORKER_ID=<id>`, which children inherit), SIGTERM, then
 /// SIGKILL after `grace`. Returns how many there were.
 ///
 /// Each is signalled through a pidfd checked against the start time read with its environment.
-pub async fn stop_remnants(marker: &str, grace: Duration, narrator: &Narrator) -> usize {
+pub async fn stop_remnants(
+    marker: &str,
+    grace: Duration,
+    grace_cut: &CancellationToken,
+    narrator: &Narrator,
+) -> usize {
     let members = tree::carrying(marker);
     let members = open_members(members, &[]);
     if members.is_empty() {
@@ -189,10 +213,7 @@ pub async fn stop_remnants(marker: &str, grace: Duration, narrator: &Narrator) -
         ),
     );
     signal_members(&members, Signal::TERM);
-    if tokio::time::timeout(grace, members_exited(&members))
-        .await
-        .is_err()
-    {
+    if !exited_within(grace, grace_cut, members_exited(&members)).await {
         signal_members(&members, Signal::KILL);
         let _ = tokio::time::timeout(KILL_WAIT, members_exited(&members)).await;
     }

@@ -26,6 +26,8 @@ pub use id::{InvalidWorkerId, WorkerId};
 pub use infer::{Completion, InferEvent, InferSender, InferSummary, LoadGuard, complete};
 pub use spawn::{MAX_READY_TIMEOUT, SpawnRequest};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::{
     catalog::{Catalog, CatalogError, WorkerName},
     jobs::Narrator,
@@ -290,6 +292,8 @@ pub struct Workers {
     state_file: StateFile,
     records: Mutex<BTreeMap<WorkerId, Record>>,
     load: infer::InferenceLoad,
+    /// Cancelled when stops may no longer wait for their grace period.
+    grace_cut: CancellationToken,
 }
 
 impl Workers {
@@ -332,6 +336,7 @@ impl Workers {
             state_file,
             records: Mutex::new(records),
             load: infer::InferenceLoad::default(),
+            grace_cut: CancellationToken::new(),
         });
         workers.persist(&workers.lock())?;
         Ok(workers)
@@ -427,7 +432,7 @@ impl Workers {
                 narrator.info("worker.retire", format!("worker {id} had already exited"));
                 // Its children may still run, and hold its port.
                 let marker = format!("RBEE_WORKER_ID={id}");
-                let left = process::stop_remnants(&marker, grace, narrator).await;
+                let left = process::stop_remnants(&marker, grace, &self.grace_cut, narrator).await;
                 if left > 0 {
                     tracing::info!(worker_id = %id, processes = left, "stopped processes left behind");
                 }
@@ -453,7 +458,13 @@ impl Workers {
             catalog: &self.catalog,
             spawned: &spawned,
         };
-        process::stop_worker(identity, pid, grace, narrator).await
+        process::stop_worker(identity, pid, grace, &self.grace_cut, narrator).await
+    }
+
+    /// Ends the grace period of every stop in progress and of every later one, so that they
+    /// send SIGKILL at once. The hive calls it when its drain timeout ends.
+    pub fn end_grace_periods(&self) {
+        self.grace_cut.cancel();
     }
 
     /// Fills in the exit status of a stopped process this hive spawned. This hive reaps its own
