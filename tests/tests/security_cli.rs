@@ -160,6 +160,33 @@ fn missing_token_file_fails_only_its_hive() {
 }
 
 #[test]
+fn unusable_global_token_file_is_a_local_failure() {
+    let secrets = secrets();
+    let hive = token_hive(&secrets);
+    let missing = secrets.dir.path().join("absent.token");
+    let rbee = Rbee::new();
+
+    let run = rbee.run(&[
+        "--token-file",
+        missing.to_str().unwrap(),
+        "--hive",
+        &hive.address(),
+        "hive",
+        "info",
+    ]);
+
+    assert_eq!(run.code, Some(1), "stderr:\n{}", run.stderr);
+    assert_eq!(
+        run.stderr,
+        format!(
+            "error: failed to read the token file {}: No such file or directory (os error 2)\n",
+            missing.display()
+        )
+    );
+    assert_eq!(run.stdout, "");
+}
+
+#[test]
 fn global_token_file_reaches_address_targets() {
     let secrets = secrets();
     let hive = token_hive(&secrets);

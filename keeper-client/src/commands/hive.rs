@@ -14,7 +14,7 @@ use tonic_health::pb::{
 use super::{Context, DEFAULT_TIMEOUT, UsageError};
 use crate::{
     cli::{GlobalArgs, HiveStartArgs},
-    config::{self, Config, HiveSecurity, HiveTarget, LOCALHOST},
+    config::{self, HiveSecurity, HiveTarget, LOCALHOST},
     fanout::{Call, CallError, HiveResult},
     local_hive::{self, LocalHive, Paths, StartOptions},
     render::{self, Exit, HiveData, format, table},
@@ -223,8 +223,7 @@ async fn probe_health(call: Call) -> Result<Health, tonic::Status> {
 
 /// `rbee hive list`: the hives `--all` targets, or those of `--hive`, with a health probe each.
 pub async fn list(global: &GlobalArgs) -> anyhow::Result<Exit> {
-    let config =
-        Config::load(global.config.as_deref())?.with_fallback_token_file(global.token_file.clone());
+    let config = super::load_config(global)?;
     let targets = if global.hive.is_empty() {
         config.all_hives(super::localhost_hive)
     } else {

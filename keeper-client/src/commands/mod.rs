@@ -18,7 +18,8 @@ use std::{future::Future, time::Duration};
 
 use crate::{
     cli::{GlobalArgs, OutputFormat},
-    config::{Config, HiveTarget, LocalhostHive},
+    config::{Config, HiveSecurity, HiveTarget, LocalhostHive},
+    credentials,
     fanout::{self, Call, CallMode, FanoutOptions, HiveResult},
     local_hive,
     render::narration::Narrator,
@@ -44,11 +45,21 @@ pub struct Context {
     pub narrator: Option<Narrator>,
 }
 
+/// Loads the hives file, with `--token-file` for `HOST:PORT` targets and the built-in
+/// `localhost`. An unusable `--token-file` is a local failure, reported before any hive is
+/// called, because every hive it is meant for would fail the same way.
+pub fn load_config(global: &GlobalArgs) -> anyhow::Result<Config> {
+    if let Some(path) = &global.token_file {
+        credentials::authorization(&HiveSecurity::token_only(Some(path.clone())))
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(Config::load(global.config.as_deref())?.with_fallback_token_file(global.token_file.clone()))
+}
+
 impl Context {
     /// Resolves the targeted hives from the hives file and the global flags.
     pub fn new(global: &GlobalArgs, timeout: Option<Duration>) -> Result<Self, anyhow::Error> {
-        let config = Config::load(global.config.as_deref())?
-            .with_fallback_token_file(global.token_file.clone());
+        let config = load_config(global)?;
         let targets = if global.all {
             config.all_hives(localhost_hive)
         } else {
