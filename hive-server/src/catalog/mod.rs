@@ -104,7 +104,7 @@ impl Catalog {
     /// Opens the catalog at `dir` like [`Catalog::open`], caching what was read from a file or
     /// the directory once it last changed `settle` ago.
     fn open_with_settle_time(dir: &Path, settle: Duration) -> Result<Self, CatalogError> {
-        std::fs::create_dir_all(dir).map_err(|e| CatalogError::io("create", dir, e))?;
+        create_dir(dir).map_err(|e| CatalogError::io("create", dir, e))?;
         let dir = dir
             .canonicalize()
             .map_err(|e| CatalogError::io("resolve", dir, e))?;
@@ -428,6 +428,18 @@ impl Catalog {
         } else {
             CatalogError::io(action, self.dir.join(name.as_str()), e)
         }
+    }
+}
+
+/// Creates the directory `dir` and its parents unless they exist. A file in its place fails
+/// with "not a directory", where `create_dir_all` reports "File exists".
+pub(crate) fn create_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::create_dir_all(dir) {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "it exists and is not a directory",
+        )),
+        result => result,
     }
 }
 

@@ -59,6 +59,24 @@ fn lists_files_folders_and_links_alike() {
 }
 
 #[test]
+fn file_in_place_of_catalog_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("catalog");
+    fs::write(&file, b"not a folder").unwrap();
+
+    let error = Catalog::open(&file).unwrap_err();
+
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "failed to create {}: it exists and is not a directory",
+            file.display()
+        )
+    );
+    assert_eq!(fs::read(&file).unwrap(), b"not a folder");
+}
+
+#[test]
 fn removing_a_link_keeps_its_target() {
     let dir = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();

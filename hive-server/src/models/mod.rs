@@ -116,7 +116,7 @@ pub struct ModelCatalog {
 impl ModelCatalog {
     /// Opens the model catalog at `dir`, creating the directory if needed.
     pub fn open(dir: &Path) -> Result<Self, ModelError> {
-        std::fs::create_dir_all(dir).map_err(io_error("create", dir))?;
+        crate::catalog::create_dir(dir).map_err(io_error("create", dir))?;
         let dir = dir.canonicalize().map_err(io_error("resolve", dir))?;
         Ok(Self {
             dir,
