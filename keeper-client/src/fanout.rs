@@ -45,6 +45,12 @@ pub enum CallError {
     #[error("{reason}")]
     Unreachable { reason: String },
 
+    /// No connection was tried, because of a problem on this machine: the hive's token or TLS
+    /// files cannot be used, or the local hive did not start. Reported as unreachable, but
+    /// without the hint to start a hive.
+    #[error("{reason}")]
+    Local { reason: String },
+
     /// Connected, but the call did not finish within the call timeout.
     #[error("no answer within {}", crate::render::format::duration(*after))]
     Timeout { after: Duration },
@@ -58,7 +64,7 @@ impl CallError {
     /// Value of `outcome` in JSON output.
     pub fn outcome(&self) -> &'static str {
         match self {
-            Self::Unreachable { .. } => "unreachable",
+            Self::Unreachable { .. } | Self::Local { .. } => "unreachable",
             Self::Timeout { .. } => "timeout",
             Self::Status { .. } => "error",
         }
@@ -67,7 +73,7 @@ impl CallError {
     /// Label of the RESULT column: UNREACHABLE, TIMEOUT, or the gRPC code name.
     pub fn label(&self) -> &'static str {
         match self {
-            Self::Unreachable { .. } => "UNREACHABLE",
+            Self::Unreachable { .. } | Self::Local { .. } => "UNREACHABLE",
             Self::Timeout { .. } => "TIMEOUT",
             Self::Status { code, .. } => code_name(*code),
         }
@@ -237,7 +243,7 @@ where
 /// backlog.
 pub async fn connect(target: &HiveTarget, timeout: Duration) -> Result<HiveChannel, CallError> {
     let address = &target.address;
-    let unusable = |reason: String| CallError::Unreachable { reason };
+    let unusable = |reason: String| CallError::Local { reason };
     let authorization = credentials::authorization(&target.security).map_err(unusable)?;
 
     let scheme = if target.security.tls.is_some() {

@@ -164,6 +164,8 @@ fn start_reports_a_hive_that_exits_at_once() {
         "{}",
         run.stderr
     );
+    // Running `rbee hive start` again would not help.
+    assert!(!run.stderr.contains("hint:"), "{}", run.stderr);
     assert!(!rbee.state_dir().join("hive.pid").exists());
 }
 

@@ -191,32 +191,46 @@ async fn shutdown_stops_spawned_workers_when_asked() {
         args: vec![
             "--stop-workers-on-shutdown".into(),
             "--drain-timeout-secs".into(),
-            "5".into(),
+            "2".into(),
         ],
     });
     hive.install(&test_worker_bin(), "llm-worker");
     let model = model();
     let mut client = hive.client().await;
-    let worker = spawn(&mut client, spawn_request("llm-worker", &model.path, &[])).await;
-    let _guard = PidGuard::new(worker.pid);
-    assert!(process_exists(worker.pid));
+    let mut workers = Vec::new();
+    let mut guards = Vec::new();
+    for _ in 0..3 {
+        let request = spawn_request("llm-worker", &model.path, &["--ignore-sigterm"]);
+        let worker = spawn(&mut client, request).await;
+        guards.push(PidGuard::new(worker.pid));
+        workers.push(worker);
+    }
     drop(client);
 
+    let started = Instant::now();
     let (status, hive) = tokio::task::spawn_blocking(move || {
-        let status = hive.terminate(Duration::from_secs(15));
+        let status = hive.terminate(Duration::from_secs(20));
         (status, hive)
     })
     .await
     .unwrap();
 
-    let status = status.expect("hive exits within the drain timeout");
+    let status = status.expect("hive exits after stopping its workers");
     assert!(
         status.success(),
         "hive exit {status:?}; log:\n{}",
         hive.log()
     );
-    assert!(!process_exists(worker.pid));
-    assert!(!accepts_connections(worker.port));
+    for worker in &workers {
+        assert!(!process_exists(worker.pid));
+        assert!(!accepts_connections(worker.port));
+    }
+    // The three 2 s grace periods run side by side, not one after another (6 s).
+    assert!(
+        started.elapsed() < Duration::from_millis(4500),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -184,6 +184,20 @@ fn unusable_global_token_file_is_a_local_failure() {
         )
     );
     assert_eq!(run.stdout, "");
+
+    let start = rbee.run(&["--token-file", missing.to_str().unwrap(), "hive", "start"]);
+    assert_eq!(start.code, Some(1), "stderr:\n{}", start.stderr);
+    assert!(
+        start
+            .stderr
+            .starts_with("error: failed to read the token file"),
+        "{}",
+        start.stderr
+    );
+    assert!(
+        !rbee.state_dir().join("hive.pid").exists(),
+        "no hive was started"
+    );
 }
 
 #[test]

@@ -111,6 +111,7 @@ pub async fn stop_worker(
         let known: Vec<i32> = members.iter().map(|m| m.pid).collect();
         members.extend(open_members(tree::members(pid), &known));
         let when = if grace_cut.is_cancelled() {
+            tracing::warn!(pid, worker = %name, "grace period cut by shutdown; sending SIGKILL");
             format!(
                 "when the hive shut down, before the end of the {}s grace period",
                 grace.as_secs_f64()

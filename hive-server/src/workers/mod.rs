@@ -464,6 +464,7 @@ impl Workers {
     /// Ends the grace period of every stop in progress and of every later one, so that they
     /// send SIGKILL at once. The hive calls it when its drain timeout ends.
     pub fn end_grace_periods(&self) {
+        tracing::info!("drain timeout over: worker stops in their grace period send SIGKILL now");
         self.grace_cut.cancel();
     }
 
@@ -517,11 +518,13 @@ impl Workers {
     /// Stops every worker, for a hive that was asked to take its workers down on shutdown.
     pub async fn retire_all(&self, grace: Duration, narrator: &Narrator) {
         let ids: Vec<WorkerId> = self.lock().keys().cloned().collect();
-        for id in ids {
-            if let Err(error) = self.retire(&id, grace, narrator).await {
+        // All at once, so the grace periods run side by side rather than one after another.
+        futures::future::join_all(ids.iter().map(|id| async move {
+            if let Err(error) = self.retire(id, grace, narrator).await {
                 tracing::warn!(worker_id = %id, %error, "failed to stop worker on shutdown");
             }
-        }
+        }))
+        .await;
     }
 
     fn remove(&self, id: &WorkerId) -> Result<(), WorkerError> {

@@ -350,6 +350,7 @@ fn local_result<T>(address: &str, outcome: Result<T, CallError>) -> HiveResult<T
 /// `rbee hive start`.
 pub async fn start(global: &GlobalArgs, args: HiveStartArgs) -> anyhow::Result<Exit> {
     ensure_local_only(global)?;
+    super::check_token_file(global)?;
     let paths = Paths::new()?;
     let deadline = Instant::now() + global.timeout.unwrap_or(DEFAULT_TIMEOUT);
 
@@ -397,7 +398,7 @@ pub async fn start(global: &GlobalArgs, args: HiveStartArgs) -> anyhow::Result<E
         Ok(address) => address,
         Err(error) => {
             started.abort(&paths).await;
-            let failure = CallError::Unreachable {
+            let failure = CallError::Local {
                 reason: error.to_string(),
             };
             let listen = options.listen.to_string();
@@ -421,7 +422,7 @@ pub async fn start(global: &GlobalArgs, args: HiveStartArgs) -> anyhow::Result<E
         let probe = results.remove(0).outcome;
 
         if let Err(exited) = started.check_running(&paths) {
-            break Err(CallError::Unreachable {
+            break Err(CallError::Local {
                 reason: exited.to_string(),
             });
         }
@@ -543,6 +544,7 @@ fn print_stopped(global: &GlobalArgs, address: &str, outcome: Result<Stopped, Ca
 /// `rbee hive status`.
 pub async fn status(global: &GlobalArgs) -> anyhow::Result<Exit> {
     ensure_local_only(global)?;
+    super::check_token_file(global)?;
     let paths = Paths::new()?;
 
     let record = match local_hive::inspect(&paths)? {

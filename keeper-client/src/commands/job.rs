@@ -104,7 +104,8 @@ pub async fn follow(context: &Context, job_id: String, wait_for_start: Option<Du
     for result in &mut results {
         if !matches!(
             result.outcome,
-            Err(crate::fanout::CallError::Unreachable { .. })
+            Err(crate::fanout::CallError::Unreachable { .. }
+                | crate::fanout::CallError::Local { .. })
         ) {
             result.job_id = Some(job_id.clone());
         }
@@ -143,7 +144,8 @@ pub async fn cancel(context: &Context, job_id: String) -> Exit {
     for result in &mut results {
         if !matches!(
             result.outcome,
-            Err(crate::fanout::CallError::Unreachable { .. })
+            Err(crate::fanout::CallError::Unreachable { .. }
+                | crate::fanout::CallError::Local { .. })
         ) {
             result.job_id = Some(job_id.clone());
         }

@@ -46,14 +46,21 @@ pub struct Context {
 }
 
 /// Loads the hives file, with `--token-file` for `HOST:PORT` targets and the built-in
-/// `localhost`. An unusable `--token-file` is a local failure, reported before any hive is
-/// called, because every hive it is meant for would fail the same way.
+/// `localhost`, after [`check_token_file`].
 pub fn load_config(global: &GlobalArgs) -> anyhow::Result<Config> {
+    check_token_file(global)?;
+    Ok(Config::load(global.config.as_deref())?.with_fallback_token_file(global.token_file.clone()))
+}
+
+/// Fails when `--token-file` is given but contains no usable token. That is a local failure,
+/// reported before any hive is called or started, because every hive the token is meant for
+/// would fail the same way.
+pub fn check_token_file(global: &GlobalArgs) -> anyhow::Result<()> {
     if let Some(path) = &global.token_file {
         credentials::authorization(&HiveSecurity::token_only(Some(path.clone())))
             .map_err(anyhow::Error::msg)?;
     }
-    Ok(Config::load(global.config.as_deref())?.with_fallback_token_file(global.token_file.clone()))
+    Ok(())
 }
 
 impl Context {
