@@ -25,8 +25,15 @@ struct Run {
     wall: Duration,
     /// CPU time of the keeper.
     keeper_cpu: Duration,
-    /// CPU time of the keeper and of every hive during the command.
-    cpu: Duration,
+    /// CPU time of every hive during the command.
+    hives_cpu: Duration,
+}
+
+impl Run {
+    /// Returns the CPU time of the keeper and of every hive.
+    fn cpu(&self) -> Duration {
+        self.keeper_cpu + self.hives_cpu
+    }
 }
 
 pub async fn run(hive_count: usize, samples: usize) -> anyhow::Result<Vec<Row>> {
@@ -62,29 +69,27 @@ pub async fn run(hive_count: usize, samples: usize) -> anyhow::Result<Vec<Row>> 
         }
     }
 
-    let wall = |runs: &[Run]| median(&mut runs.iter().map(|run| run.wall).collect::<Vec<_>>());
-    let cpu = |runs: &[Run]| median(&mut runs.iter().map(|run| run.cpu).collect::<Vec<_>>());
-    let keeper_cpu =
-        |runs: &[Run]| median(&mut runs.iter().map(|run| run.keeper_cpu).collect::<Vec<_>>());
-    let one_wall = wall(&one_runs);
-    let many_cpu = cpu(&many_runs);
+    let wall = |run: &Run| run.wall;
+    let keeper_cpu = |run: &Run| run.keeper_cpu;
+    let one_wall = median_of(&one_runs, wall);
+    let many_cpu = median_of(&many_runs, Run::cpu);
     Ok(vec![
         Row {
             name: format!("rbee worker binary list, {hive_count} hives vs 1"),
-            rbee: Measure::millis(wall(&many_runs)),
+            rbee: Measure::millis(median_of(&many_runs, wall)),
             baseline: Measure::millis(one_wall),
             target: Target::AtMost(1.3),
         },
         Row {
             name: format!("CPU time of that command, keeper and hives, {hive_count} hives vs 1"),
             rbee: Measure::millis(many_cpu),
-            baseline: Measure::millis(cpu(&one_runs)),
+            baseline: Measure::millis(median_of(&one_runs, Run::cpu)),
             target: Target::None,
         },
         Row {
             name: format!("CPU time of the keeper alone, {hive_count} hives vs 1"),
-            rbee: Measure::millis(keeper_cpu(&many_runs)),
-            baseline: Measure::millis(keeper_cpu(&one_runs)),
+            rbee: Measure::millis(median_of(&many_runs, keeper_cpu)),
+            baseline: Measure::millis(median_of(&one_runs, keeper_cpu)),
             target: Target::None,
         },
         Row {
@@ -94,6 +99,11 @@ pub async fn run(hive_count: usize, samples: usize) -> anyhow::Result<Vec<Row>> 
             target: Target::None,
         },
     ])
+}
+
+/// Returns the median of one measure of `runs`.
+fn median_of(runs: &[Run], measure: impl Fn(&Run) -> Duration) -> Duration {
+    median(&mut runs.iter().map(measure).collect::<Vec<_>>())
 }
 
 /// Returns the CPU time that the hives have spent so far.
@@ -149,6 +159,6 @@ fn keeper_list(
     Ok(Run {
         wall,
         keeper_cpu,
-        cpu: keeper_cpu + hives_cpu,
+        hives_cpu,
     })
 }

@@ -79,6 +79,11 @@ impl CallError {
         }
     }
 
+    /// Returns whether the hive was reached, so that a request may have been sent.
+    pub fn reached_hive(&self) -> bool {
+        !matches!(self, Self::Unreachable { .. } | Self::Local { .. })
+    }
+
     /// gRPC code name for JSON output, only for errors the hive returned.
     pub fn code(&self) -> Option<&'static str> {
         match self {

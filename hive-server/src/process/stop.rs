@@ -110,8 +110,11 @@ pub async fn stop_worker(
         // Children forked during the grace period are part of the tree too.
         let known: Vec<i32> = members.iter().map(|m| m.pid).collect();
         members.extend(open_members(tree::members(pid), &known));
-        let when = if grace_cut.is_cancelled() {
+        let cut = grace_cut.is_cancelled();
+        if cut {
             tracing::warn!(pid, worker = %name, "grace period cut by shutdown; sending SIGKILL");
+        }
+        let when = if cut {
             format!(
                 "when the hive shut down, before the end of the {}s grace period",
                 grace.as_secs_f64()

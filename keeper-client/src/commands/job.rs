@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::Context;
 use crate::{
     cli::OutputFormat,
+    fanout::{CallError, HiveResult},
     render::{self, Exit, HiveData, format, narration},
 };
 
@@ -101,15 +102,7 @@ pub async fn follow(context: &Context, job_id: String, wait_for_start: Option<Du
         })
         .await;
 
-    for result in &mut results {
-        if !matches!(
-            result.outcome,
-            Err(crate::fanout::CallError::Unreachable { .. }
-                | crate::fanout::CallError::Local { .. })
-        ) {
-            result.job_id = Some(job_id.clone());
-        }
-    }
+    show_job_id(&mut results, &job_id);
     render::print_results(context.output, &results, |_, _| String::new())
 }
 
@@ -141,15 +134,7 @@ pub async fn cancel(context: &Context, job_id: String) -> Exit {
         })
         .await;
 
-    for result in &mut results {
-        if !matches!(
-            result.outcome,
-            Err(crate::fanout::CallError::Unreachable { .. }
-                | crate::fanout::CallError::Local { .. })
-        ) {
-            result.job_id = Some(job_id.clone());
-        }
-    }
+    show_job_id(&mut results, &job_id);
     render::print_results(context.output, &results, |succeeded, several| {
         let mut text = String::new();
         for (hive, cancelled) in succeeded {
@@ -228,6 +213,20 @@ impl From<NarrationEvent> for EventView {
                 code: outcome.code,
                 message: outcome.message,
             }),
+        }
+    }
+}
+
+/// Shows `job_id` on the result rows of the hives that were reached.
+fn show_job_id<T>(results: &mut [HiveResult<T>], job_id: &str) {
+    for result in results {
+        if result
+            .outcome
+            .as_ref()
+            .err()
+            .is_none_or(CallError::reached_hive)
+        {
+            result.job_id = Some(job_id.to_owned());
         }
     }
 }
