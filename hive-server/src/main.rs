@@ -118,7 +118,8 @@ struct Args {
     #[arg(long, default_value_t = ServiceLimits::default().max_narration_streams)]
     max_narration_streams: usize,
 
-    /// Seconds that shutdown waits for requests in flight before exiting anyway.
+    /// Seconds that shutdown waits for requests in flight before exiting anyway. Worker stops
+    /// still in their grace period then send SIGKILL at once.
     #[arg(long, default_value_t = 10)]
     drain_timeout_secs: u64,
 
